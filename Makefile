@@ -1,0 +1,61 @@
+# The front door. `make run` serves the embedded default; `make test` runs every test.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+# The production-path tests run against these local services (see docs/testing.md).
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/enterprise_ai
+TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
+PRODUCTION_TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
+	SECRET_KEY=test-only-secret-key-not-for-production-use-0123456789 \
+	ALLOWED_HOSTS=localhost,127.0.0.1 REDIS_KEY_PREFIX=eai-test
+
+# Tests never read the developer's service configuration.
+UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY
+
+.PHONY: venv run worker test test-unit test-production lint format bench clean
+
+$(STAMP): requirements/base.txt requirements/prod.txt requirements/dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements/dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## Serve the embedded default on http://$(HOST):$(PORT)/ (reads .env if present).
+run: venv
+	@set -a; [ ! -f .env ] || . ./.env; set +a; \
+	$(BIN)/python manage.py migrate --noinput && \
+	$(BIN)/python manage.py ensure_admin && \
+	echo "Serving on http://$(HOST):$(PORT)/  (Ctrl+C to stop)" && \
+	exec $(BIN)/daphne -b $(HOST) -p $(PORT) enterprise_ai.asgi:application
+
+## A Celery worker for the production path (needs REDIS_URL / CELERY_BROKER_URL).
+worker: venv
+	@set -a; [ ! -f .env ] || . ./.env; set +a; \
+	exec $(BIN)/celery -A enterprise_ai worker -Q llm,default --loglevel=INFO
+
+## Every test: the embedded suite, then the production path (Postgres, Redis, Celery).
+test: test-unit test-production
+
+test-unit: venv
+	$(UNSET_SERVICES) $(BIN)/python -m pytest -m "not production"
+
+test-production: venv
+	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python -m pytest -m production
+
+lint: venv
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy .
+	$(UNSET_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .local staticfiles .pytest_cache .ruff_cache .mypy_cache test-artifacts

@@ -1,0 +1,126 @@
+"""Shared fixtures: three people (owner, colleague, outsider), a fast demo model, sockets.
+
+Services: tests that need PostgreSQL, Redis or chromium skip with the reason when it is
+missing, except under CI=true, where the run fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from django.conf import settings
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def service_missing(reason: str) -> None:
+    """Skip the test for a missing service, or fail it under CI=true."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(reason)
+
+
+def reachable(url: str, default_port: int) -> bool:
+    parsed = urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 2).close()
+    except OSError:
+        return False
+    return True
+
+
+def production_problem() -> str | None:
+    """Why the production-path tests cannot run here, or None when they can."""
+    engine = settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" not in engine:
+        return "production tests need DATABASE_URL pointing at PostgreSQL (run `make test-production`)"
+    if settings.TASK_DISPATCH != "celery":
+        return "production tests need REDIS_URL for the Celery broker and channel layer"
+    db = settings.DATABASES["default"]
+    if not reachable(f"postgres://{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}", 5432):
+        return f"PostgreSQL is not reachable at {db.get('HOST')}:{db.get('PORT')}"
+    if not reachable(settings.REDIS_URL, 6379):
+        return f"Redis is not reachable at {settings.REDIS_URL}"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    production = [item for item in items if item.get_closest_marker("production")]
+    if not production:
+        return
+    problem = production_problem()
+    if problem is None:
+        return
+    if IN_CI:
+        pytest.exit(f"CI=true and {problem}", returncode=1)
+    for item in production:
+        item.add_marker(pytest.mark.skip(reason=problem))
+
+
+# --- People -----------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+def _make_user(username: str) -> Any:
+    from accounts.models import User
+
+    return User.objects.create_user(username=username, email=f"{username}@example.com", password=PASSWORD)
+
+
+@pytest.fixture
+def owner(db: None) -> Any:
+    return _make_user("alice")
+
+
+@pytest.fixture
+def colleague(db: None) -> Any:
+    return _make_user("bob")
+
+
+@pytest.fixture
+def outsider(db: None) -> Any:
+    return _make_user("charlie")
+
+
+# --- The demo model ---------------------------------------------------------------------------
+
+
+def set_demo_speed(settings: Any, *, first_token_delay_ms: int, tokens_per_second: float) -> None:
+    models = {key: dict(value) for key, value in settings.AI_MODELS.items()}
+    models["demo"]["options"] = {
+        "first_token_delay_ms": first_token_delay_ms,
+        "tokens_per_second": tokens_per_second,
+    }
+    settings.AI_MODELS = models
+
+
+@pytest.fixture
+def fast_demo(settings: Any) -> None:
+    set_demo_speed(settings, first_token_delay_ms=0, tokens_per_second=500)
+
+
+@pytest.fixture
+def slow_demo(settings: Any) -> None:
+    set_demo_speed(settings, first_token_delay_ms=0, tokens_per_second=15)
+
+
+# --- Sockets ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def session_cookie() -> Iterator[Any]:
+    """session_cookie(user) -> the Cookie header value of a logged-in session for `user`."""
+    from django.test import Client
+
+    def make(user: Any) -> str:
+        client = Client()
+        client.force_login(user)
+        return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    yield make

@@ -1,0 +1,1 @@
+"""Conversations: models, the chat consumer, reply generation and the chat UI."""

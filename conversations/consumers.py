@@ -1,0 +1,188 @@
+"""The chat WebSocket: one per open chat page. Protocol: docs/websocket-protocol.md.
+
+The consumer is an entry point and stays thin: it checks the frame, calls a service or
+selector, and relays events from the conversation's group to the browser. Every access to
+a conversation is checked against the connected user before anything else happens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
+
+from conversations import selectors, services, streams
+from conversations.errors import ChatError
+from providers.registry import default_model
+
+logger = logging.getLogger(__name__)
+
+# Close code for a refused handshake (the browser sees HTTP 403).
+CLOSE_UNAUTHENTICATED = 4401
+
+
+def _parse_uuid(value: object, field: str) -> uuid.UUID:
+    if not isinstance(value, str):
+        raise ChatError("invalid", f"'{field}' must be an id.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ChatError("invalid", f"'{field}' is not a valid id.") from None
+
+
+class ChatConsumer(AsyncJsonWebsocketConsumer):
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated or not user.is_active:
+            # Seam: the audit issue records the refusal (with its reason) here.
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        self.subscriptions: set[str] = set()
+        await self.accept()
+
+    async def disconnect(self, code: int) -> None:
+        for group in getattr(self, "subscriptions", set()):
+            await self.channel_layer.group_discard(group, self.channel_name)
+
+    # --- Frames from the browser ------------------------------------------------------------
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        if text_data is None:
+            await self.send_error("bad_frame", "Only text frames carrying JSON are accepted.")
+            return
+        if len(text_data.encode("utf-8")) > settings.CHAT_MAX_FRAME_BYTES:
+            await self.send_error(
+                "too_large",
+                f"The frame is too large; the limit is {settings.CHAT_MAX_FRAME_BYTES:,} bytes.",
+            )
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.send_error("bad_json", "The frame is not valid JSON.")
+            return
+        if not isinstance(content, dict):
+            await self.send_error("bad_frame", "The frame must be a JSON object with a 'type'.")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
+        handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "send": self.handle_send,
+            "stop": self.handle_stop,
+            "subscribe": self.handle_subscribe,
+        }
+        handler = handlers.get(content.get("type"))  # type: ignore[arg-type]
+        if handler is None:
+            await self.send_error("unknown_type", "Unknown frame type; see the protocol.")
+            return
+        try:
+            await handler(content)
+        except ChatError as exc:
+            await self.send_error(exc.code, exc.reason)
+        except Exception as exc:
+            logger.error("chat frame %r failed: %s", content.get("type"), type(exc).__name__)
+            await self.send_error("internal", "Something went wrong. Please try again.")
+
+    async def handle_send(self, content: dict[str, Any]) -> None:
+        raw_conversation = content.get("conversation")
+        model_key = content.get("model") or default_model().key
+        if raw_conversation is None:
+            # The id is chosen here so the socket is subscribed before the reply can start.
+            conversation_id = uuid.uuid4()
+            await self.subscribe(conversation_id)
+            try:
+                result = await database_sync_to_async(services.message_send)(
+                    actor=self.user,
+                    text=content.get("text"),
+                    model_key=model_key,
+                    new_conversation_id=conversation_id,
+                )
+            except Exception:
+                await self.unsubscribe(conversation_id)
+                raise
+        else:
+            conversation_id = _parse_uuid(raw_conversation, "conversation")
+            # Ownership first: a socket never joins a group it may not read.
+            await database_sync_to_async(selectors.conversation_get_owned)(
+                user=self.user, public_id=conversation_id
+            )
+            await self.subscribe(conversation_id)
+            result = await database_sync_to_async(services.message_send)(
+                actor=self.user,
+                text=content.get("text"),
+                model_key=model_key,
+                conversation_id=conversation_id,
+            )
+        await self.send_json(
+            {
+                "type": "accepted",
+                "conversation": str(result.conversation.public_id),
+                "title": result.conversation.title,
+                "created": result.created,
+                "user_message": str(result.user_message.public_id),
+                "message": str(result.reply.public_id),
+                "model": result.reply.model,
+            }
+        )
+
+    async def handle_stop(self, content: dict[str, Any]) -> None:
+        message_id = _parse_uuid(content.get("message"), "message")
+        await database_sync_to_async(services.reply_stop)(actor=self.user, message_id=message_id)
+
+    async def handle_subscribe(self, content: dict[str, Any]) -> None:
+        conversation_id = _parse_uuid(content.get("conversation"), "conversation")
+        await database_sync_to_async(selectors.conversation_get_owned)(
+            user=self.user, public_id=conversation_id
+        )
+        # Join before reading the snapshot: every delta after it will reach this socket.
+        await self.subscribe(conversation_id)
+        snapshot = await database_sync_to_async(selectors.conversation_snapshot)(
+            user=self.user, public_id=conversation_id
+        )
+        await self.send_json({"type": "snapshot", **snapshot})
+
+    # --- Groups -----------------------------------------------------------------------------
+
+    async def subscribe(self, conversation_id: uuid.UUID) -> None:
+        group = streams.conversation_group(conversation_id)
+        if group not in self.subscriptions:
+            await self.channel_layer.group_add(group, self.channel_name)
+            self.subscriptions.add(group)
+
+    async def unsubscribe(self, conversation_id: uuid.UUID) -> None:
+        group = streams.conversation_group(conversation_id)
+        if group in self.subscriptions:
+            await self.channel_layer.group_discard(group, self.channel_name)
+            self.subscriptions.discard(group)
+
+    # --- Events from the reply generator (via the channel layer) ---------------------------
+
+    async def chat_delta(self, event: dict[str, Any]) -> None:
+        await self.send_json(
+            {
+                "type": "delta",
+                "conversation": event["conversation"],
+                "message": event["message"],
+                "seq": event["seq"],
+                "text": event["text"],
+            }
+        )
+
+    async def chat_done(self, event: dict[str, Any]) -> None:
+        await self.send_json({**event, "type": "done"})
+
+    async def chat_error(self, event: dict[str, Any]) -> None:
+        await self.send_json({**event, "type": "error"})
+
+    async def send_error(self, code: str, reason: str) -> None:
+        await self.send_json({"type": "error", "code": code, "reason": reason})

@@ -1,0 +1,93 @@
+"""Conversations and their messages."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Conversation(models.Model):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    # PROTECT: transcripts are records; removing a user must not silently remove them.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="conversations"
+    )
+    title = models.CharField(max_length=200)
+    model = models.CharField(max_length=100, help_text="Key of the model last used.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        indexes = [
+            # "My conversations, newest first."
+            models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.title or str(self.public_id)
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        STREAMING = "streaming", "Streaming"
+        COMPLETE = "complete", "Complete"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    IN_FLIGHT = (Status.PENDING, Status.STREAMING)
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    model = models.CharField(max_length=100, blank=True, help_text="Key of the model used.")
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=32, blank=True)
+    # Measured from the moment the message was accepted, so they include queueing.
+    time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True, help_text="Shown to the user; never a stack trace.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["conversation", "id"], name="msg_conversation_order_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(role__in=["user", "assistant"]), name="msg_role_valid"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(
+                    status__in=["pending", "streaming", "complete", "failed", "cancelled"]
+                ),
+                name="msg_status_valid",
+            ),
+            # One reply at a time per conversation, even with several tabs or sockets.
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=models.Q(status__in=["pending", "streaming"]),
+                name="msg_one_reply_in_flight",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} message {self.public_id}"
+
+    @property
+    def is_in_flight(self) -> bool:
+        return self.status in self.IN_FLIGHT

@@ -1,0 +1,88 @@
+"""Reads of conversations and messages. Every read is scoped to the requesting user."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.conf import settings
+from django.db.models import QuerySet
+
+from accounts.models import User
+from conversations import streams
+from conversations.errors import not_found
+from conversations.models import Conversation, Message
+from conversations.rendering import render_markdown
+
+
+def conversation_list(*, user: User, limit: int | None = None) -> list[Conversation]:
+    """The user's conversations, most recently active first."""
+    limit = min(limit or settings.CHAT_CONVERSATIONS_PER_PAGE, settings.CHAT_CONVERSATIONS_PER_PAGE)
+    return list(
+        Conversation.objects.filter(owner=user)
+        .order_by("-updated_at", "-id")
+        .only("public_id", "title", "updated_at")[:limit]
+    )
+
+
+def conversation_get_owned(*, user: User, public_id: UUID) -> Conversation:
+    """The conversation if `user` owns it. Raises ChatError("not_found") otherwise."""
+    conversation = Conversation.objects.filter(public_id=public_id, owner=user).first()
+    if conversation is None:
+        raise not_found()
+    return conversation
+
+
+def message_list(*, conversation: Conversation) -> QuerySet[Message]:
+    return conversation.messages.order_by("id")
+
+
+def message_to_frame(message: Message) -> dict[str, Any]:
+    """A message as the socket protocol and the page show it (see docs/websocket-protocol.md).
+
+    User text is sent as text (the browser inserts it as text); finished replies as
+    sanitised HTML; a reply still streaming as its text so far with its sequence number.
+    """
+    frame: dict[str, Any] = {
+        "id": str(message.public_id),
+        "role": message.role,
+        "status": message.status,
+        "model": message.model,
+    }
+    if message.role == Message.Role.USER:
+        frame["text"] = message.content
+    elif message.is_in_flight:
+        snapshot = streams.snapshot_get(message.public_id)
+        frame["text"] = snapshot["text"] if snapshot else ""
+        frame["seq"] = snapshot["seq"] if snapshot else 0
+    else:
+        frame["html"] = render_markdown(message.content)
+        if message.status == Message.Status.FAILED:
+            frame["error"] = message.error
+    return frame
+
+
+def conversation_snapshot(*, user: User, public_id: UUID) -> dict[str, Any]:
+    """Everything a page needs to show the conversation now. Raises ChatError("not_found")."""
+    conversation = conversation_get_owned(user=user, public_id=public_id)
+    return {
+        "conversation": str(conversation.public_id),
+        "title": conversation.title,
+        "messages": [message_to_frame(m) for m in message_list(conversation=conversation)],
+    }
+
+
+def reply_history(*, reply: Message) -> list[Message]:
+    """The turns before `reply` that the model should see, oldest first.
+
+    User turns and the text of finished or stopped replies; failed replies are left out.
+    Bounded by CHAT_HISTORY_MAX_MESSAGES (the providers issue bounds it by tokens).
+    """
+    turns = (
+        Message.objects.filter(conversation_id=reply.conversation_id, id__lt=reply.id)
+        .exclude(role=Message.Role.ASSISTANT, status=Message.Status.FAILED)
+        .exclude(content="")
+        .order_by("-id")
+        .only("role", "content")[: settings.CHAT_HISTORY_MAX_MESSAGES]
+    )
+    return list(reversed(turns))

@@ -1,0 +1,299 @@
+"""Writes to conversations: sending a message, stopping a reply, recording a reply's end.
+
+Each write is one transaction. Side effects that must not happen if it rolls back (starting
+the reply task, broadcasting to sockets) run on commit.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from functools import partial
+from uuid import UUID
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.models import User
+from conversations import streams
+from conversations.errors import ChatError, not_found
+from conversations.models import Conversation, Message
+from enterprise_ai.dispatch import dispatch
+from providers.registry import UnknownModel, get_model
+
+TITLE_MAX_CHARS = 80
+GENERIC_FAILURE = "Something went wrong while generating this reply. Please try again."
+INTERRUPTED = "This reply was interrupted before it finished. Please try again."
+
+
+@dataclass(frozen=True)
+class SendResult:
+    conversation: Conversation
+    user_message: Message
+    reply: Message
+    created: bool
+
+
+def title_from_text(text: str) -> str:
+    """A conversation title from its first message: the first line, whitespace collapsed."""
+    first_line = next((line for line in text.splitlines() if line.strip()), "")
+    title = re.sub(r"\s+", " ", first_line).strip()
+    if len(title) > TITLE_MAX_CHARS:
+        title = title[: TITLE_MAX_CHARS - 1].rstrip() + "…"
+    return title or "New conversation"
+
+
+def _validate_text(text: object) -> str:
+    if not isinstance(text, str):
+        raise ChatError("invalid", "The message must be text.")
+    if not text.strip():
+        raise ChatError("invalid", "The message is empty.")
+    if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
+        raise ChatError(
+            "too_large",
+            f"The message is too long ({len(text):,} characters); "
+            f"the limit is {settings.CHAT_MAX_MESSAGE_CHARS:,}.",
+        )
+    return text
+
+
+def _expire_stale_reply(conversation: Conversation) -> None:
+    """Fail an in-flight reply whose worker has evidently died, so the chat is not stuck."""
+    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS)
+    Message.objects.filter(
+        conversation=conversation, status__in=Message.IN_FLIGHT, created_at__lt=cutoff
+    ).update(
+        status=Message.Status.FAILED,
+        error_code="interrupted",
+        error=INTERRUPTED,
+        completed_at=timezone.now(),
+    )
+
+
+@transaction.atomic
+def message_send(
+    *,
+    actor: User,
+    text: object,
+    model_key: object,
+    conversation_id: UUID | None = None,
+    new_conversation_id: UUID | None = None,
+) -> SendResult:
+    """Store the user's message and a pending reply, and start generating it on commit.
+
+    Give `conversation_id` to continue a conversation the actor owns, or
+    `new_conversation_id` (chosen by the caller so it can subscribe first) to start one.
+    Raises ChatError: invalid / too_large (text), model_unavailable, not_found (not the
+    actor's conversation), busy (a reply is still being generated). Nothing is stored then.
+    """
+    text = _validate_text(text)
+    if not isinstance(model_key, str):
+        raise ChatError("invalid", "The model must be given by its name.")
+    try:
+        model = get_model(model_key)
+    except UnknownModel:
+        raise ChatError("model_unavailable", "That model is not available to you.") from None
+
+    # Seam: the guardrails issue screens `text` here; the costs issue reserves budget here.
+
+    created = conversation_id is None
+    if created:
+        conversation = Conversation.objects.create(
+            public_id=new_conversation_id or uuid.uuid4(),
+            owner=actor,
+            title=title_from_text(text),
+            model=model.key,
+        )
+    else:
+        conversation = (
+            Conversation.objects.select_for_update()
+            .filter(public_id=conversation_id, owner=actor)
+            .first()
+        )
+        if conversation is None:
+            # Seam: the audit issue records "permission denied on a conversation" here.
+            raise not_found()
+        _expire_stale_reply(conversation)
+        conversation.model = model.key
+        conversation.save(update_fields=["model", "updated_at"])
+
+    user_message = Message.objects.create(
+        conversation=conversation,
+        role=Message.Role.USER,
+        content=text,
+        status=Message.Status.COMPLETE,
+        model=model.key,
+    )
+    try:
+        with transaction.atomic():
+            reply = Message.objects.create(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.PENDING,
+                model=model.key,
+            )
+    except IntegrityError:
+        raise ChatError(
+            "busy", "A reply is still being written in this conversation. Wait or stop it."
+        ) from None
+
+    # Seam: the audit issue records "message sent" here, in this transaction.
+    from conversations.tasks import generate_reply  # tasks import services
+
+    transaction.on_commit(partial(dispatch, generate_reply, reply.pk))
+    return SendResult(
+        conversation=conversation, user_message=user_message, reply=reply, created=created
+    )
+
+
+@transaction.atomic
+def reply_stop(*, actor: User, message_id: UUID) -> Message:
+    """Ask for a reply to stop. Raises ChatError("not_found") unless the actor owns it.
+
+    A reply not yet started is cancelled at once; a streaming one is stopped by its worker
+    within one chunk (it keeps the partial text). A finished reply is left as it is.
+    """
+    reply = (
+        Message.objects.select_related("conversation")
+        .filter(
+            public_id=message_id,
+            role=Message.Role.ASSISTANT,
+            conversation__owner=actor,
+        )
+        .first()
+    )
+    if reply is None:
+        raise ChatError("not_found", "That reply does not exist or is not yours.")
+    if reply.status == Message.Status.STREAMING:
+        streams.stop_request(reply.public_id)
+    elif reply.status == Message.Status.PENDING:
+        now = timezone.now()
+        cancelled = Message.objects.filter(pk=reply.pk, status=Message.Status.PENDING).update(
+            status=Message.Status.CANCELLED, completed_at=now, stop_reason="stopped"
+        )
+        if cancelled:
+            reply.refresh_from_db()
+            transaction.on_commit(partial(_broadcast_done, reply))
+        else:
+            # The worker claimed it a moment ago: stop it like any streaming reply.
+            streams.stop_request(reply.public_id)
+    # Seam: the audit issue records "reply cancelled" where the worker settles it.
+    return reply
+
+
+def reply_claim(*, reply_id: int) -> Message | None:
+    """Mark a pending reply as streaming, for exactly one worker.
+
+    Returns the reply, or None when it is not pending (already claimed, finished, stopped or
+    deleted): a task delivered twice therefore produces one reply. A reply left streaming by
+    a dead worker for longer than CHAT_REPLY_MAX_SECONDS is failed here instead.
+    """
+    now = timezone.now()
+    claimed = Message.objects.filter(pk=reply_id, status=Message.Status.PENDING).update(
+        status=Message.Status.STREAMING, started_at=now
+    )
+    if not claimed:
+        Message.objects.filter(
+            pk=reply_id,
+            status=Message.Status.STREAMING,
+            started_at__lt=now - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS),
+        ).update(
+            status=Message.Status.FAILED,
+            error_code="interrupted",
+            error=INTERRUPTED,
+            completed_at=now,
+        )
+        return None
+    return Message.objects.select_related("conversation").get(pk=reply_id)
+
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    status: str
+    content: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    stop_reason: str = ""
+    first_token_at: float | None = None  # epoch seconds
+    error_code: str = ""
+    error: str = ""
+
+
+def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
+    """Store how a streaming reply ended and tell its sockets (`done` or `error`).
+
+    Returns False, changing nothing, when the reply is no longer streaming (it was expired
+    as interrupted meanwhile): the first outcome recorded wins.
+    """
+    now = timezone.now()
+    accepted_at = reply.created_at.timestamp()
+    ttft_ms = (
+        max(0, round((outcome.first_token_at - accepted_at) * 1000))
+        if outcome.first_token_at is not None
+        else None
+    )
+    fields = {
+        "status": outcome.status,
+        "content": outcome.content,
+        "input_tokens": outcome.input_tokens,
+        "output_tokens": outcome.output_tokens,
+        "stop_reason": outcome.stop_reason,
+        "time_to_first_token_ms": ttft_ms,
+        "duration_ms": max(0, round((now.timestamp() - accepted_at) * 1000)),
+        "error_code": outcome.error_code,
+        "error": outcome.error,
+        "completed_at": now,
+    }
+    with transaction.atomic():
+        updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
+            **fields
+        )
+        # Seam: the costs issue settles the ledger and the audit issue records the reply's
+        # outcome here, in this transaction.
+    if not updated:
+        return False
+    for name, value in fields.items():
+        setattr(reply, name, value)
+    streams.stream_forget(reply.public_id)
+    if outcome.status == Message.Status.FAILED:
+        _broadcast_error(reply)
+    else:
+        _broadcast_done(reply)
+    return True
+
+
+def _broadcast_done(reply: Message) -> None:
+    from conversations.rendering import render_markdown
+
+    streams.broadcast(
+        reply.conversation.public_id,
+        {
+            "type": "chat.done",
+            "conversation": str(reply.conversation.public_id),
+            "message": str(reply.public_id),
+            "status": reply.status,
+            "html": render_markdown(reply.content),
+            "stop_reason": reply.stop_reason,
+            "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+            "timings": {
+                "time_to_first_token_ms": reply.time_to_first_token_ms,
+                "duration_ms": reply.duration_ms,
+            },
+        },
+    )
+
+
+def _broadcast_error(reply: Message) -> None:
+    streams.broadcast(
+        reply.conversation.public_id,
+        {
+            "type": "chat.error",
+            "conversation": str(reply.conversation.public_id),
+            "message": str(reply.public_id),
+            "code": reply.error_code,
+            "reason": reply.error,
+        },
+    )

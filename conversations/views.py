@@ -1,0 +1,48 @@
+"""The chat page: the user's conversations, one conversation, the composer."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from conversations import selectors
+from conversations.errors import ChatError
+from providers.registry import available_models, default_model
+
+
+@require_GET
+def chat(request: HttpRequest, public_id: UUID | None = None) -> HttpResponse:
+    user = request.user
+    snapshot = None
+    if public_id is not None:
+        try:
+            snapshot = selectors.conversation_snapshot(user=user, public_id=public_id)  # type: ignore[arg-type]
+        except ChatError:
+            raise Http404("No such conversation.") from None
+    models = available_models()
+    current_model = default_model().key
+    if snapshot and snapshot["messages"]:
+        used = snapshot["messages"][-1]["model"]
+        if any(model.key == used for model in models):
+            current_model = used
+    return render(
+        request,
+        "conversations/chat.html",
+        {
+            "conversations": selectors.conversation_list(user=user),  # type: ignore[arg-type]
+            "current": snapshot,
+            "current_id": str(public_id) if public_id else "",
+            "models": models,
+            "current_model": current_model,
+            "chat_config": {
+                "conversation": str(public_id) if public_id else None,
+                "maxMessageChars": settings.CHAT_MAX_MESSAGE_CHARS,
+                "socketPath": "/ws/chat/",
+                "demoModels": [model.key for model in models if model.is_demo],
+            },
+        },
+    )

@@ -1,0 +1,1 @@
+"""Cost models arrive with the cost-ledger issue."""

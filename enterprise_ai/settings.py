@@ -1,0 +1,306 @@
+"""Settings for Enterprise AI, read from the environment.
+
+Two shapes, chosen by what is configured (see `.env.example` and docs/configuration.md):
+
+* **Embedded default** (nothing configured): SQLite in `.local/`, an in-memory channel
+  layer, replies generated on a background thread of the server process, the offline demo
+  model, a secret key generated into `.local/secret_key` on first run.
+* **Production path** (`DATABASE_URL`, `REDIS_URL` or `CELERY_BROKER_URL` set): PostgreSQL,
+  the Redis channel layer and cache, Celery workers on the `llm` queue. `SECRET_KEY` and
+  `ALLOWED_HOSTS` must be given; nothing is generated.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Any
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+from enterprise_ai.env import Env
+
+env = Env()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+LOCAL_DIR = Path(env.str("LOCAL_DATA_DIR", str(BASE_DIR / ".local")))
+
+DATABASE_URL = env.str("DATABASE_URL")
+REDIS_URL = env.str("REDIS_URL")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL") or REDIS_URL
+
+# The embedded default is what you get when no outside service is configured.
+EMBEDDED = not (DATABASE_URL or REDIS_URL or CELERY_BROKER_URL)
+
+DEBUG = env.bool("DEBUG", False)
+
+
+def _embedded_secret_key() -> str:
+    """Read the embedded mode's secret key, generating it on first run (git-ignored)."""
+    key_file = LOCAL_DIR / "secret_key"
+    if not key_file.exists():
+        LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets.token_urlsafe(50), encoding="utf-8")
+    return key_file.read_text(encoding="utf-8").strip()
+
+
+if env.is_set("SECRET_KEY"):
+    SECRET_KEY = env.str("SECRET_KEY")
+elif EMBEDDED:
+    SECRET_KEY = _embedded_secret_key()
+else:
+    raise ImproperlyConfigured(
+        "SECRET_KEY (or SECRET_KEY_FILE) is required when DATABASE_URL, REDIS_URL or "
+        "CELERY_BROKER_URL is set. Generate one with: "
+        "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+    )
+if len(SECRET_KEY) < 32:
+    raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long.")
+
+if EMBEDDED:
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+else:
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
+    if not ALLOWED_HOSTS:
+        raise ImproperlyConfigured("ALLOWED_HOSTS is required on the production path.")
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "axes",
+    "accounts",
+    "conversations",
+    "providers",
+    "audit",
+    "costs",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Every page needs a logged-in user unless its view is marked @login_not_required.
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Axes must come last: it turns a locked-out login attempt into the lockout page.
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "enterprise_ai.urls"
+ASGI_APPLICATION = "enterprise_ai.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------------------
+
+if DATABASE_URL:
+    DATABASES: dict[str, dict[str, Any]] = {"default": environ.Env.db_url_config(DATABASE_URL)}
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": LOCAL_DIR / "db.sqlite3",
+            # Replies are written from a background thread while the server reads: WAL lets
+            # readers and one writer work at once, IMMEDIATE takes the write lock up front
+            # so that concurrent writers wait (timeout) instead of failing.
+            "OPTIONS": {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            },
+            # A file, not :memory:, so that test threads share one database safely.
+            "TEST": {"NAME": str(LOCAL_DIR / "test-db.sqlite3")},
+        }
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channels, cache, task dispatch -------------------------------------------------------
+
+if CELERY_BROKER_URL and not REDIS_URL:
+    raise ImproperlyConfigured(
+        "REDIS_URL is required when CELERY_BROKER_URL is set: replies stream from the "
+        "workers to the web servers over the Redis channel layer."
+    )
+
+REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", "eai")
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_KEY_PREFIX,
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "enterprise_ai.channel_layers.ThreadSafeInMemoryChannelLayer"}
+    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# "celery" enqueues to workers; "thread" runs the same task in this process.
+TASK_DISPATCH = "celery" if CELERY_BROKER_URL else "thread"
+# Upper bound on replies generated at once by the in-process dispatcher.
+THREAD_DISPATCH_WORKERS = env.int("THREAD_DISPATCH_WORKERS", 8, min_value=1)
+
+CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
+CELERY_TASK_IGNORE_RESULT = True
+# A reply task is acknowledged only when it has finished, so a worker that dies mid-reply
+# hands it to another worker; the task's claim on the message keeps it from running twice.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"conversations.tasks.generate_reply": {"queue": "llm"}}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Users and login ----------------------------------------------------------------------
+
+AUTH_USER_MODEL = "accounts.User"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
+
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 12},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+AUTHENTICATION_BACKENDS = [
+    # Axes first: it refuses a locked-out user before the password is even checked.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", 5, min_value=1)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_MINUTES", 15, min_value=0) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "accounts.views.lockout_response"
+AXES_VERBOSE = False
+
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", 8 * 3600, min_value=60)
+SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", not EMBEDDED)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_HTTPONLY = True
+
+# --- Chat ---------------------------------------------------------------------------------
+
+CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", 16_000, min_value=1)
+# Raw WebSocket text frames over this many bytes are refused before JSON parsing.
+CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", 131_072, min_value=1024)
+CHAT_MAX_OUTPUT_TOKENS = env.int("CHAT_MAX_OUTPUT_TOKENS", 1024, min_value=1)
+CHAT_TEMPERATURE = env.float("CHAT_TEMPERATURE", 0.7, min_value=0)
+CHAT_SYSTEM_PROMPT = env.str(
+    "CHAT_SYSTEM_PROMPT",
+    "You are a helpful assistant for the staff of a company. Answer in Markdown.",
+)
+CHAT_HISTORY_MAX_MESSAGES = env.int("CHAT_HISTORY_MAX_MESSAGES", 40, min_value=1)
+CHAT_CONVERSATIONS_PER_PAGE = env.int("CHAT_CONVERSATIONS_PER_PAGE", 50, min_value=1)
+# Deltas are batched: sent when this many milliseconds passed since the last send...
+CHAT_DELTA_FLUSH_MS = env.int("CHAT_DELTA_FLUSH_MS", 50, min_value=0)
+# ...or when this many characters are waiting, whichever comes first.
+CHAT_DELTA_FLUSH_CHARS = env.int("CHAT_DELTA_FLUSH_CHARS", 512, min_value=1)
+# A reply still "streaming" after this long is considered lost (its worker died).
+CHAT_REPLY_MAX_SECONDS = env.int("CHAT_REPLY_MAX_SECONDS", 600, min_value=10)
+
+# --- Models -------------------------------------------------------------------------------
+
+DEMO_FIRST_TOKEN_DELAY_MS = env.int("DEMO_FIRST_TOKEN_DELAY_MS", 400, min_value=0)
+DEMO_TOKENS_PER_SECOND = env.float("DEMO_TOKENS_PER_SECOND", 30, min_value=0.1)
+
+# The model catalogue. Issue: real providers move this into the database (admin-managed).
+AI_MODELS: dict[str, dict[str, Any]] = {
+    "demo": {
+        "display_name": "Demo model (offline)",
+        "provider": "demo",
+        "provider_model_id": "demo-1",
+        "is_demo": True,
+        "options": {
+            "first_token_delay_ms": DEMO_FIRST_TOKEN_DELAY_MS,
+            "tokens_per_second": DEMO_TOKENS_PER_SECOND,
+        },
+    },
+}
+AI_DEFAULT_MODEL = env.str("AI_DEFAULT_MODEL", "demo")
+if AI_DEFAULT_MODEL not in AI_MODELS:
+    raise ImproperlyConfigured(f"AI_DEFAULT_MODEL {AI_DEFAULT_MODEL!r} is not a configured model.")
+
+# --- Static files, i18n -------------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# WhiteNoise serves static files. The embedded default serves them straight from the
+# source tree; production serves what `manage.py collectstatic` gathered into STATIC_ROOT.
+WHITENOISE_USE_FINDERS = EMBEDDED or DEBUG
+STATIC_ROOT = None if WHITENOISE_USE_FINDERS else Path(env.str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = env.str("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- Logging ------------------------------------------------------------------------------
+
+LOG_LEVEL = env.str("LOG_LEVEL", "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        # Tracebacks can carry request data and secrets: the formatter leaves them out.
+        "plain": {
+            "()": "enterprise_ai.logging.NoTracebackFormatter",
+            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+    },
+}

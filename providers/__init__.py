@@ -1,0 +1,1 @@
+"""Model providers behind one contract (providers.base) and the registry of models."""

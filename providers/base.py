@@ -1,0 +1,153 @@
+"""The contract every model provider implements.
+
+A provider turns a `ChatRequest` into a stream of typed events:
+
+* `TextDelta` — a piece of the reply's text, in order;
+* `Usage` — token counts, at most once, usually near the end;
+* `Finish` — the last event, with the reason the model stopped.
+
+and raises `ProviderError` subclasses, each saying whether a retry may help (`retryable`).
+Providers do not retry, time out or fail over themselves: that lives around this contract,
+in one place, so that attempts never multiply. See docs/providers.md ("Adding a provider").
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Literal["user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What to ask a model. `messages` is oldest first and ends with the user's turn."""
+
+    model: str  # the provider's own model id
+    system_prompt: str
+    messages: Sequence[ChatMessage]
+    max_output_tokens: int
+    temperature: float | None = None
+
+
+class StopReason(enum.StrEnum):
+    END_TURN = "end_turn"
+    MAX_TOKENS = "max_tokens"
+    STOP_SEQUENCE = "stop_sequence"
+    CONTENT_FILTERED = "content_filtered"
+    TOOL_USE = "tool_use"
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    stop_reason: StopReason
+
+
+StreamEvent = TextDelta | Usage | Finish
+
+
+class ProviderError(Exception):
+    """A provider call failed. `retryable` says whether trying again may help.
+
+    The message is shown to the user, so it must be plain language and must never carry
+    credentials, request bodies or upstream stack traces.
+    """
+
+    code = "provider_error"
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class ProviderUnavailable(ProviderError):
+    """The service could not be reached, timed out or answered 5xx. Retrying may help."""
+
+    code = "provider_unavailable"
+
+    def __init__(self, message: str = "The AI service is not reachable right now.") -> None:
+        super().__init__(message, retryable=True)
+
+
+class ProviderRateLimited(ProviderError):
+    """The service asked us to slow down. `retry_after` is in seconds, when it said."""
+
+    code = "provider_rate_limited"
+
+    def __init__(
+        self,
+        message: str = "The AI service is busy. Please try again shortly.",
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, retryable=True)
+        self.retry_after = retry_after
+
+
+class ProviderRejected(ProviderError):
+    """The request was refused as it stands (bad input, too long, filtered). Permanent."""
+
+    code = "provider_rejected"
+
+    def __init__(self, message: str = "The AI service refused this request.") -> None:
+        super().__init__(message, retryable=False)
+
+
+class ProviderMisconfigured(ProviderError):
+    """Credentials, model id or endpoint are wrong. Permanent until an administrator acts."""
+
+    code = "provider_misconfigured"
+
+    def __init__(
+        self, message: str = "This model is not configured correctly. Contact an administrator."
+    ) -> None:
+        super().__init__(message, retryable=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """A model users can pick: our key, its label, and how to reach it."""
+
+    key: str
+    display_name: str
+    provider: str
+    provider_model_id: str
+    is_demo: bool = False
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Provider(abc.ABC):
+    """One provider (a service and its SDK). Instances are cheap and used for one call."""
+
+    #: The name the model catalogue uses for this provider.
+    name: str
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+
+    @abc.abstractmethod
+    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+        """Yield the reply as events, ending with exactly one `Finish`.
+
+        Raises ProviderError (or a subclass) on failure; nothing else may escape.
+        Closing the iterator early (the user pressed stop) must release the connection.
+        """

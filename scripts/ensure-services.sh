@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Start the local services the tests use, if they are installed but not running, and
+# install Debian's chromium for the browser test when it is missing. Used by .ci/run;
+# safe to run by hand. Starts nothing that is already listening.
+set -uo pipefail
+
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() {  # port, name
+  for _ in $(seq 1 30); do listening "$1" && return 0; sleep 1; done
+  echo "ensure-services: $2 did not come up on port $1" >&2
+  return 1
+}
+
+if ! listening 5432 && command -v pg_ctlcluster >/dev/null; then
+  echo "ensure-services: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n 1)" main start || true
+  wait_for 5432 PostgreSQL
+fi
+
+if ! listening 6379 && command -v redis-server >/dev/null; then
+  echo "ensure-services: starting Redis"
+  mkdir -p /var/lib/redis /var/log/redis
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+  wait_for 6379 Redis
+fi
+
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "ensure-services: installing chromium for the browser test"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || echo "ensure-services: could not install chromium" >&2
+fi
+exit 0

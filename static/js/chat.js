@@ -1,0 +1,287 @@
+// The chat page: one WebSocket, streamed replies, stop, reconnect.
+// Protocol: docs/websocket-protocol.md. Model output arrives as plain text while streaming
+// (inserted with textContent, never as HTML) and as server-sanitised HTML when done.
+
+const config = JSON.parse(document.getElementById("chat-config").textContent);
+
+const el = {
+  transcript: document.getElementById("transcript"),
+  form: document.getElementById("composer"),
+  input: document.getElementById("composer-input"),
+  send: document.getElementById("send-button"),
+  stop: document.getElementById("stop-button"),
+  model: document.getElementById("model-picker"),
+  status: document.getElementById("connection-status"),
+  error: document.getElementById("error-banner"),
+  demo: document.getElementById("demo-notice"),
+  title: document.getElementById("conversation-title"),
+  list: document.getElementById("conversation-list"),
+  count: document.getElementById("char-count"),
+};
+
+const state = {
+  socket: null,
+  conversation: config.conversation,
+  reply: null, // { id, seq, body, gap } of the reply being streamed
+  pendingText: null, // text sent, waiting for "accepted" or "error"
+  pendingBubble: null,
+  retries: 0,
+};
+
+// --- Rendering -------------------------------------------------------------------------------
+
+function bubble(role, id, status) {
+  const article = document.createElement("article");
+  article.className = `msg msg-${role}`;
+  if (id) article.dataset.id = id;
+  article.dataset.status = status;
+  const label = document.createElement("div");
+  label.className = "msg-role";
+  label.textContent = role === "user" ? "You" : "Assistant";
+  const body = document.createElement("div");
+  body.className = "msg-body msg-text";
+  article.append(label, body);
+  el.transcript.append(article);
+  return article;
+}
+
+function findBubble(id) {
+  return el.transcript.querySelector(`article[data-id="${CSS.escape(id)}"]`);
+}
+
+function setHtml(article, html) {
+  // `html` was rendered from Markdown and sanitised (nh3) on the server.
+  const body = article.querySelector(".msg-body");
+  body.className = "msg-body markdown";
+  body.innerHTML = html;
+}
+
+function addNote(article, className, text) {
+  article.querySelectorAll(".msg-note, .msg-error").forEach((node) => node.remove());
+  const note = document.createElement("p");
+  note.className = className;
+  note.textContent = text;
+  article.append(note);
+}
+
+function scrollToEnd() {
+  el.transcript.scrollTop = el.transcript.scrollHeight;
+}
+
+function renderMessage(message) {
+  const article = bubble(message.role, message.id, message.status);
+  if (message.html !== undefined) {
+    setHtml(article, message.html);
+  } else {
+    article.querySelector(".msg-body").textContent = message.text || "";
+  }
+  if (message.status === "cancelled") addNote(article, "msg-note", "Stopped.");
+  if (message.error) addNote(article, "msg-error", message.error);
+  return article;
+}
+
+function showError(text) {
+  el.error.textContent = text;
+  el.error.hidden = false;
+}
+
+function clearError() {
+  el.error.hidden = true;
+  el.error.textContent = "";
+}
+
+function setBusy(busy) {
+  el.stop.hidden = !busy;
+  el.send.hidden = busy;
+}
+
+function setConnection(stateName, text) {
+  el.status.dataset.state = stateName;
+  el.status.textContent = text;
+  el.send.disabled = stateName !== "open";
+}
+
+function updateDemoNotice() {
+  const option = el.model.selectedOptions[0];
+  el.demo.hidden = !(option && option.dataset.demo === "true");
+}
+
+function updateCount() {
+  const length = el.input.value.length;
+  el.count.textContent = length > config.maxMessageChars * 0.8
+    ? `${length.toLocaleString()} / ${config.maxMessageChars.toLocaleString()}`
+    : "";
+}
+
+function addToSidebar(id, title) {
+  el.list.querySelector(".empty")?.remove();
+  el.list.querySelectorAll("a[aria-current]").forEach((a) => a.removeAttribute("aria-current"));
+  const item = document.createElement("li");
+  const link = document.createElement("a");
+  link.href = `/c/${id}/`;
+  link.dataset.id = id;
+  link.textContent = title;
+  link.setAttribute("aria-current", "page");
+  item.append(link);
+  el.list.prepend(item);
+}
+
+// --- Frames from the server ------------------------------------------------------------------
+
+const handlers = {
+  snapshot(frame) {
+    el.transcript.replaceChildren();
+    state.reply = null;
+    for (const message of frame.messages) {
+      const article = renderMessage(message);
+      if (message.role === "assistant" && (message.status === "pending" || message.status === "streaming")) {
+        state.reply = { id: message.id, seq: message.seq || 0, body: article.querySelector(".msg-body"), gap: false };
+      }
+    }
+    setBusy(state.reply !== null);
+    scrollToEnd();
+  },
+
+  accepted(frame) {
+    if (state.pendingBubble) state.pendingBubble.dataset.id = frame.user_message;
+    state.pendingText = null;
+    state.pendingBubble = null;
+    if (frame.created || !state.conversation) {
+      state.conversation = frame.conversation;
+      history.replaceState(null, "", `/c/${frame.conversation}/`);
+      el.title.textContent = frame.title;
+      document.title = `${frame.title} · Enterprise AI`;
+      addToSidebar(frame.conversation, frame.title);
+    }
+    const article = bubble("assistant", frame.message, "pending");
+    state.reply = { id: frame.message, seq: 0, body: article.querySelector(".msg-body"), gap: false };
+    setBusy(true);
+    scrollToEnd();
+  },
+
+  delta(frame) {
+    const reply = state.reply;
+    if (!reply || reply.id !== frame.message || frame.seq <= reply.seq) return;
+    if (frame.seq !== reply.seq + 1) reply.gap = true; // missed a piece: "done" repairs it
+    reply.seq = frame.seq;
+    reply.body.textContent += frame.text;
+    reply.body.parentElement.dataset.status = "streaming";
+    scrollToEnd();
+  },
+
+  done(frame) {
+    const article = findBubble(frame.message) || bubble("assistant", frame.message, frame.status);
+    article.dataset.status = frame.status;
+    setHtml(article, frame.html);
+    if (frame.status === "cancelled") addNote(article, "msg-note", "Stopped.");
+    if (state.reply && state.reply.id === frame.message) state.reply = null;
+    setBusy(state.reply !== null);
+    scrollToEnd();
+  },
+
+  error(frame) {
+    if (frame.message) {
+      const article = findBubble(frame.message);
+      if (article) {
+        article.dataset.status = "failed";
+        addNote(article, "msg-error", frame.reason);
+      }
+      if (state.reply && state.reply.id === frame.message) state.reply = null;
+      setBusy(state.reply !== null);
+      return;
+    }
+    if (state.pendingBubble) {
+      // The message was refused and nothing was stored: give the text back.
+      state.pendingBubble.remove();
+      if (!el.input.value) el.input.value = state.pendingText || "";
+      state.pendingBubble = null;
+      state.pendingText = null;
+      setBusy(state.reply !== null);
+    }
+    showError(frame.reason);
+  },
+};
+
+// --- The socket ------------------------------------------------------------------------------
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const socket = new WebSocket(`${scheme}://${location.host}${config.socketPath}`);
+  state.socket = socket;
+  setConnection("connecting", "Connecting…");
+
+  socket.addEventListener("open", () => {
+    state.retries = 0;
+    setConnection("open", "Connected");
+    // On every (re)connect show what is stored, and follow a reply still being written.
+    if (state.conversation) socket.send(JSON.stringify({ type: "subscribe", conversation: state.conversation }));
+  });
+
+  socket.addEventListener("message", (event) => {
+    let frame;
+    try {
+      frame = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    const handler = handlers[frame.type];
+    if (handler) handler(frame);
+  });
+
+  socket.addEventListener("close", () => {
+    if (state.socket !== socket) return;
+    if (state.pendingBubble) handlers.error({ reason: "The connection was lost before the message was sent." });
+    const delay = Math.min(15000, 500 * 2 ** state.retries) * (0.5 + Math.random() / 2);
+    state.retries += 1;
+    setConnection("closed", "Reconnecting…");
+    setTimeout(connect, delay);
+  });
+}
+
+function sendMessage() {
+  const text = el.input.value;
+  if (!text.trim() || state.pendingBubble || state.reply) return;
+  if (!state.socket || state.socket.readyState !== WebSocket.OPEN) {
+    showError("Not connected. Reconnecting, please try again in a moment.");
+    return;
+  }
+  if (text.length > config.maxMessageChars) {
+    showError(`The message is too long; the limit is ${config.maxMessageChars.toLocaleString()} characters.`);
+    return;
+  }
+  clearError();
+  const article = bubble("user", null, "complete");
+  article.querySelector(".msg-body").textContent = text;
+  state.pendingBubble = article;
+  state.pendingText = text;
+  el.input.value = "";
+  updateCount();
+  setBusy(true);
+  state.socket.send(JSON.stringify({ type: "send", conversation: state.conversation, text, model: el.model.value }));
+  scrollToEnd();
+}
+
+el.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  sendMessage();
+});
+
+el.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    sendMessage();
+  }
+});
+
+el.input.addEventListener("input", updateCount);
+
+el.stop.addEventListener("click", () => {
+  if (state.reply && state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.socket.send(JSON.stringify({ type: "stop", message: state.reply.id }));
+  }
+});
+
+el.model.addEventListener("change", updateDemoNotice);
+
+updateDemoNotice();
+connect();

@@ -1,0 +1,46 @@
+"""Helpers for socket tests: open the real ASGI application, collect frames."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from channels.testing import WebsocketCommunicator
+
+from enterprise_ai.asgi import application
+
+ALLOWED_ORIGIN = b"http://localhost"
+
+
+def communicator(cookie: str | None, origin: bytes | None = ALLOWED_ORIGIN) -> WebsocketCommunicator:
+    """A client of the full ASGI stack (origin check, session auth, routing, consumer)."""
+    headers: list[tuple[bytes, bytes]] = [(b"host", b"localhost")]
+    if origin is not None:
+        headers.append((b"origin", origin))
+    if cookie is not None:
+        headers.append((b"cookie", cookie.encode()))
+    return WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+
+
+async def receive_until(
+    comm: WebsocketCommunicator,
+    stop: Callable[[dict[str, Any]], bool],
+    *,
+    timeout: float = 15,
+) -> list[dict[str, Any]]:
+    """Frames received up to and including the first one for which `stop` is true."""
+    frames: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no final frame within {timeout}s; got {frames!r}")
+        frame = await comm.receive_json_from(timeout=remaining)
+        frames.append(frame)
+        if stop(frame):
+            return frames
+
+
+def is_final(frame: dict[str, Any]) -> bool:
+    return frame["type"] in {"done", "error"}
