@@ -6,7 +6,7 @@ import json
 import uuid
 
 import pytest
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async as sync_to_async
 from django.test import override_settings
 
 from conversations.models import Conversation, Message

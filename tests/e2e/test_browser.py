@@ -1,0 +1,105 @@
+"""A person's view: Debian's chromium, driven by Playwright, against the embedded server.
+
+Needs /usr/bin/chromium (`.ci/run` installs it). A screenshot of a failing page is saved
+under test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from conftest import service_missing
+from tests.e2e.conftest import ARTIFACTS, Server
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not os.access(CHROMIUM, os.X_OK):
+        service_missing(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    context = browser.new_context()
+    page = context.new_page()
+    yield page
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+
+
+def test_log_in_chat_stop_and_reload(embedded_server: Server, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(f"{embedded_server.base_url}/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    page.fill("#id_username", embedded_server.username)
+    page.fill("#id_password", embedded_server.password)
+    page.click("button[type=submit]")
+
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    expect(page.locator("#demo-notice")).to_be_visible()
+
+    # Send with Enter; the reply streams in as text, then becomes rendered Markdown.
+    page.fill("#composer-input", "Hello from the browser")
+    page.press("#composer-input", "Enter")
+    reply = page.locator("article.msg-assistant").first
+    expect(reply).to_have_attribute("data-status", "streaming")
+    expect(page.locator("#stop-button")).to_be_visible()
+    expect(reply).to_have_attribute("data-status", "complete", timeout=20_000)
+    expect(reply.locator(".markdown strong")).to_have_text("demo model")
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    expect(page.locator("#conversation-list a[aria-current=page]")).to_have_text("Hello from the browser")
+
+    # Shift+Enter adds a line instead of sending.
+    page.fill("#composer-input", "First line")
+    page.press("#composer-input", "Shift+Enter")
+    page.type("#composer-input", "second line")
+    expect(page.locator("#composer-input")).to_have_value("First line\nsecond line")
+    expect(page.locator("article.msg-user")).to_have_count(1)
+
+    # Send it and stop the reply while it streams.
+    page.press("#composer-input", "Enter")
+    second = page.locator("article.msg-assistant").nth(1)
+    expect(second).to_have_attribute("data-status", "streaming")
+    page.click("#stop-button")
+    expect(second).to_have_attribute("data-status", "cancelled", timeout=10_000)
+    expect(second.locator(".msg-note")).to_have_text("Stopped.")
+    partial = second.locator(".msg-body").inner_text()
+    assert partial and "An administrator can connect" not in partial
+
+    # After a reload the stored conversation is shown as it was left.
+    page.reload()
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+    expect(page.locator("article.msg-user")).to_have_count(2)
+    expect(page.locator("article.msg-user .msg-body").nth(1)).to_have_text("First line\nsecond line")
+    expect(page.locator("article.msg-assistant").nth(0)).to_have_attribute("data-status", "complete")
+    expect(page.locator("article.msg-assistant").nth(1)).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("article.msg-assistant .msg-note")).to_have_text("Stopped.")
