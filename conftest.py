@@ -28,7 +28,9 @@ def service_missing(reason: str) -> None:
 def reachable(url: str, default_port: int) -> bool:
     parsed = urlparse(url)
     try:
-        socket.create_connection((parsed.hostname or "127.0.0.1", parsed.port or default_port), 2).close()
+        socket.create_connection(
+            (parsed.hostname or "127.0.0.1", parsed.port or default_port), 2
+        ).close()
     except OSError:
         return False
     return True
@@ -38,7 +40,9 @@ def production_problem() -> str | None:
     """Why the production-path tests cannot run here, or None when they can."""
     engine = settings.DATABASES["default"]["ENGINE"]
     if "postgresql" not in engine:
-        return "production tests need DATABASE_URL pointing at PostgreSQL (run `make test-production`)"
+        return (
+            "production tests need DATABASE_URL pointing at PostgreSQL (run `make test-production`)"
+        )
     if settings.TASK_DISPATCH != "celery":
         return "production tests need REDIS_URL for the Celery broker and channel layer"
     db = settings.DATABASES["default"]
@@ -70,7 +74,9 @@ PASSWORD = "correct horse battery staple"
 def _make_user(username: str) -> Any:
     from accounts.models import User
 
-    return User.objects.create_user(username=username, email=f"{username}@example.com", password=PASSWORD)
+    return User.objects.create_user(
+        username=username, email=f"{username}@example.com", password=PASSWORD
+    )
 
 
 @pytest.fixture
@@ -121,7 +127,9 @@ def session_cookie() -> Iterator[Any]:
     def make(user: Any) -> str:
         client = Client()
         client.force_login(user)
-        return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+        return (
+            f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+        )
 
     yield make
 

@@ -90,7 +90,9 @@ def _build_request(reply: Message, provider_model_id: str) -> ChatRequest:
         model=provider_model_id,
         system_prompt=settings.CHAT_SYSTEM_PROMPT,
         messages=[
-            ChatMessage(role="user" if m.role == Message.Role.USER else "assistant", content=m.content)
+            ChatMessage(
+                role="user" if m.role == Message.Role.USER else "assistant", content=m.content
+            )
             for m in history
         ],
         max_output_tokens=settings.CHAT_MAX_OUTPUT_TOKENS,
@@ -117,7 +119,9 @@ def reply_generate(*, reply_id: int) -> None:
     try:
         spec = get_model(reply.model)
         provider = provider_for(spec)
-        events: Iterator[StreamEvent] = provider.stream(_build_request(reply, spec.provider_model_id))
+        events: Iterator[StreamEvent] = provider.stream(
+            _build_request(reply, spec.provider_model_id)
+        )
         try:
             for event in events:
                 if streams.stop_requested(reply.public_id):

@@ -100,7 +100,7 @@ def message_send(
     # Seam: the guardrails issue screens `text` here; the costs issue reserves budget here.
 
     created = conversation_id is None
-    if created:
+    if conversation_id is None:
         conversation = Conversation.objects.create(
             public_id=new_conversation_id or uuid.uuid4(),
             owner=actor,
@@ -108,14 +108,15 @@ def message_send(
             model=model.key,
         )
     else:
-        conversation = (
+        owned = (
             Conversation.objects.select_for_update()
             .filter(public_id=conversation_id, owner=actor)
             .first()
         )
-        if conversation is None:
+        if owned is None:
             # Seam: the audit issue records "permission denied on a conversation" here.
             raise not_found()
+        conversation = owned
         _expire_stale_reply(conversation)
         conversation.model = model.key
         conversation.save(update_fields=["model", "updated_at"])

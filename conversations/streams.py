@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 from uuid import UUID
 
 from asgiref.sync import async_to_sync
@@ -35,12 +35,14 @@ def _stop_key(message_id: UUID) -> str:
 
 
 def snapshot_save(message_id: UUID, *, seq: int, text: str) -> None:
-    cache.set(_snapshot_key(message_id), {"seq": seq, "text": text}, settings.CHAT_REPLY_MAX_SECONDS)
+    cache.set(
+        _snapshot_key(message_id), {"seq": seq, "text": text}, settings.CHAT_REPLY_MAX_SECONDS
+    )
 
 
 def snapshot_get(message_id: UUID) -> StreamSnapshot | None:
     value = cache.get(_snapshot_key(message_id))
-    return value if isinstance(value, dict) else None
+    return cast(StreamSnapshot, value) if isinstance(value, dict) else None
 
 
 def stop_request(message_id: UUID) -> None:

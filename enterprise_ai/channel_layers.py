@@ -10,7 +10,8 @@ consumers receive on and hands sends from any other loop over to it, thread-safe
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import concurrent.futures
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer
@@ -24,7 +25,7 @@ class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
     def _remember_loop(self) -> None:
         self._home_loop = asyncio.get_running_loop()
 
-    async def _on_home_loop(self, call: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    async def _on_home_loop(self, call: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
         home = self._home_loop
         if (
             home is None
@@ -33,7 +34,7 @@ class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
             or not home.is_running()
         ):
             return await call(*args)
-        future = asyncio.run_coroutine_threadsafe(call(*args), home)
+        future: concurrent.futures.Future[Any] = asyncio.run_coroutine_threadsafe(call(*args), home)
         return await asyncio.wrap_future(future)
 
     async def receive(self, channel: str) -> dict[str, Any]:

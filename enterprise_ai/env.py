@@ -8,6 +8,7 @@ variable can be given as `NAME_FILE=/run/secrets/name` instead of `NAME=value`
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,7 +23,7 @@ class Env:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self._environ = os.environ if environ is None else environ
 
-    def raw(self, name: str) -> str | None:
+    def raw(self, name: builtins.str) -> builtins.str | None:
         """The variable's value, from NAME or from the file NAME_FILE points at."""
         file_path = self._environ.get(f"{name}_FILE")
         if file_path:
@@ -36,15 +37,15 @@ class Env:
                 ) from None
         return self._environ.get(name)
 
-    def is_set(self, name: str) -> bool:
+    def is_set(self, name: builtins.str) -> builtins.bool:
         value = self.raw(name)
         return value is not None and value.strip() != ""
 
-    def str(self, name: str, default: str = "") -> str:
+    def str(self, name: builtins.str, default: builtins.str = "") -> builtins.str:
         value = self.raw(name)
         return default if value is None else value.strip()
 
-    def bool(self, name: str, default: bool = False) -> bool:
+    def bool(self, name: builtins.str, default: builtins.bool = False) -> builtins.bool:
         value = self.raw(name)
         if value is None:
             return default
@@ -55,7 +56,9 @@ class Env:
             return False
         raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}.")
 
-    def int(self, name: str, default: int, *, min_value: int | None = None) -> int:
+    def int(
+        self, name: builtins.str, default: builtins.int, *, min_value: builtins.int | None = None
+    ) -> builtins.int:
         value = self.raw(name)
         if value is None or value.strip() == "":
             return default
@@ -67,7 +70,13 @@ class Env:
             raise ImproperlyConfigured(f"{name} must be at least {min_value}, not {number}.")
         return number
 
-    def float(self, name: str, default: float, *, min_value: float | None = None) -> float:
+    def float(
+        self,
+        name: builtins.str,
+        default: builtins.float,
+        *,
+        min_value: builtins.float | None = None,
+    ) -> builtins.float:
         value = self.raw(name)
         if value is None or value.strip() == "":
             return default
@@ -79,7 +88,9 @@ class Env:
             raise ImproperlyConfigured(f"{name} must be at least {min_value}, not {number}.")
         return number
 
-    def list(self, name: str, default: list[str] | None = None) -> list[str]:
+    def list(
+        self, name: builtins.str, default: builtins.list[builtins.str] | None = None
+    ) -> builtins.list[builtins.str]:
         value = self.raw(name)
         if value is None:
             return list(default or [])

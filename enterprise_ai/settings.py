@@ -278,7 +278,9 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # WhiteNoise serves static files. The embedded default serves them straight from the
 # source tree; production serves what `manage.py collectstatic` gathered into STATIC_ROOT.
 WHITENOISE_USE_FINDERS = EMBEDDED or DEBUG
-STATIC_ROOT = None if WHITENOISE_USE_FINDERS else Path(env.str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STATIC_ROOT = (
+    None if WHITENOISE_USE_FINDERS else Path(env.str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+)
 
 LANGUAGE_CODE = "en"
 TIME_ZONE = env.str("TIME_ZONE", "UTC")

@@ -13,7 +13,9 @@ from enterprise_ai.asgi import application
 ALLOWED_ORIGIN = b"http://localhost"
 
 
-def communicator(cookie: str | None, origin: bytes | None = ALLOWED_ORIGIN) -> WebsocketCommunicator:
+def communicator(
+    cookie: str | None, origin: bytes | None = ALLOWED_ORIGIN
+) -> WebsocketCommunicator:
     """A client of the full ASGI stack (origin check, session auth, routing, consumer)."""
     headers: list[tuple[bytes, bytes]] = [(b"host", b"localhost")]
     if origin is not None:

@@ -59,7 +59,9 @@ async def test_owner_gets_accepted_deltas_and_done_matching_stored_reply(
     owner, session_cookie, fast_demo
 ) -> None:
     comm = await connected(await sync_to_async(session_cookie)(owner))
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "Plan a launch", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "Plan a launch", "model": "demo"}
+    )
     frames = await receive_until(comm, is_final)
     await comm.disconnect()
 
@@ -77,7 +79,10 @@ async def test_owner_gets_accepted_deltas_and_done_matching_stored_reply(
     assert reply.content == "".join(d["text"] for d in deltas) == demo_reply("Plan a launch")
     assert done["html"] == render_markdown(reply.content)
     assert done["status"] == "complete"
-    assert done["usage"] == {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens}
+    assert done["usage"] == {
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+    }
     assert reply.output_tokens and reply.input_tokens
     assert reply.time_to_first_token_ms is not None and reply.duration_ms is not None
     assert done["timings"]["duration_ms"] == reply.duration_ms
@@ -94,7 +99,9 @@ async def test_deltas_are_batched_not_one_per_token(owner, session_cookie, setti
     set_demo_speed(settings, first_token_delay_ms=0, tokens_per_second=2000)
     settings.CHAT_DELTA_FLUSH_MS = 200
     comm = await connected(await sync_to_async(session_cookie)(owner))
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "hello", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "hello", "model": "demo"}
+    )
     frames = await receive_until(comm, is_final)
     await comm.disconnect()
     deltas = [f for f in frames if f["type"] == "delta"]
@@ -106,10 +113,14 @@ async def test_follow_up_goes_into_the_same_conversation_with_history(
     owner, session_cookie, fast_demo
 ) -> None:
     comm = await connected(await sync_to_async(session_cookie)(owner))
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "first", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "first", "model": "demo"}
+    )
     first = await receive_until(comm, is_final)
     conversation_id = first[0]["conversation"]
-    await comm.send_json_to({"type": "send", "conversation": conversation_id, "text": "second", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": conversation_id, "text": "second", "model": "demo"}
+    )
     second = await receive_until(comm, is_final)
     await comm.disconnect()
     assert second[0]["type"] == "accepted" and second[0]["created"] is False
@@ -123,10 +134,14 @@ async def test_follow_up_goes_into_the_same_conversation_with_history(
 async def test_sending_into_another_users_conversation_is_refused_and_stores_nothing(
     owner, outsider, session_cookie, fast_demo
 ) -> None:
-    theirs = await sync_to_async(Conversation.objects.create)(owner=owner, title="Private", model="demo")
+    theirs = await sync_to_async(Conversation.objects.create)(
+        owner=owner, title="Private", model="demo"
+    )
     before = await message_count()
     comm = await connected(await sync_to_async(session_cookie)(outsider))
-    await comm.send_json_to({"type": "send", "conversation": str(theirs.public_id), "text": "hi", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": str(theirs.public_id), "text": "hi", "model": "demo"}
+    )
     frame = await comm.receive_json_from(timeout=5)
     assert frame["type"] == "error" and frame["code"] == "not_found"
     # Nor may the outsider subscribe to read it.
@@ -137,9 +152,13 @@ async def test_sending_into_another_users_conversation_is_refused_and_stores_not
     assert await message_count() == before
 
 
-async def test_stop_mid_stream_cancels_and_keeps_partial_text(owner, session_cookie, slow_demo) -> None:
+async def test_stop_mid_stream_cancels_and_keeps_partial_text(
+    owner, session_cookie, slow_demo
+) -> None:
     comm = await connected(await sync_to_async(session_cookie)(owner))
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "Tell me a lot", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "Tell me a lot", "model": "demo"}
+    )
     accepted = await comm.receive_json_from(timeout=5)
     first_delta = await comm.receive_json_from(timeout=5)
     assert first_delta["type"] == "delta"
@@ -157,8 +176,12 @@ async def test_stop_mid_stream_cancels_and_keeps_partial_text(owner, session_coo
     assert reply.content and full.startswith(reply.content) and len(reply.content) < len(full)
 
 
-async def test_stopping_someone_elses_reply_is_refused(owner, outsider, session_cookie, fast_demo) -> None:
-    conversation = await sync_to_async(Conversation.objects.create)(owner=owner, title="t", model="demo")
+async def test_stopping_someone_elses_reply_is_refused(
+    owner, outsider, session_cookie, fast_demo
+) -> None:
+    conversation = await sync_to_async(Conversation.objects.create)(
+        owner=owner, title="t", model="demo"
+    )
     reply = await sync_to_async(Message.objects.create)(
         conversation=conversation, role="assistant", status="pending", model="demo"
     )
@@ -172,9 +195,13 @@ async def test_stopping_someone_elses_reply_is_refused(owner, outsider, session_
 
 
 @override_settings(CHAT_MAX_MESSAGE_CHARS=100)
-async def test_message_over_the_size_limit_is_refused_and_stores_nothing(owner, session_cookie) -> None:
+async def test_message_over_the_size_limit_is_refused_and_stores_nothing(
+    owner, session_cookie
+) -> None:
     comm = await connected(await sync_to_async(session_cookie)(owner))
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "x" * 101, "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "x" * 101, "model": "demo"}
+    )
     frame = await comm.receive_json_from(timeout=5)
     await comm.disconnect()
     assert frame["type"] == "error" and frame["code"] == "too_large"
@@ -216,13 +243,17 @@ async def test_bad_frames_get_an_error_and_the_socket_stays_usable(
     assert frame["reason"] and "Traceback" not in frame["reason"]
     assert await message_count() == 0
 
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "still there?", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "still there?", "model": "demo"}
+    )
     frames = await receive_until(comm, is_final)
     await comm.disconnect()
     assert frames[0]["type"] == "accepted" and frames[-1]["type"] == "done"
 
 
-async def test_a_second_send_while_a_reply_streams_is_refused(owner, session_cookie, slow_demo) -> None:
+async def test_a_second_send_while_a_reply_streams_is_refused(
+    owner, session_cookie, slow_demo
+) -> None:
     comm = await connected(await sync_to_async(session_cookie)(owner))
     await comm.send_json_to({"type": "send", "conversation": None, "text": "one", "model": "demo"})
     accepted = await comm.receive_json_from(timeout=5)
@@ -237,10 +268,14 @@ async def test_a_second_send_while_a_reply_streams_is_refused(owner, session_coo
     await comm.disconnect()
 
 
-async def test_subscribe_mid_stream_gets_a_snapshot_and_then_the_rest(owner, session_cookie, slow_demo) -> None:
+async def test_subscribe_mid_stream_gets_a_snapshot_and_then_the_rest(
+    owner, session_cookie, slow_demo
+) -> None:
     cookie = await sync_to_async(session_cookie)(owner)
     writer = await connected(cookie)
-    await writer.send_json_to({"type": "send", "conversation": None, "text": "watch me", "model": "demo"})
+    await writer.send_json_to(
+        {"type": "send", "conversation": None, "text": "watch me", "model": "demo"}
+    )
     accepted = await writer.receive_json_from(timeout=5)
     await receive_until(writer, lambda f: f["type"] == "delta" and f["seq"] >= 2)
 
@@ -250,13 +285,21 @@ async def test_subscribe_mid_stream_gets_a_snapshot_and_then_the_rest(owner, ses
     snapshot = await reader.receive_json_from(timeout=5)
     assert snapshot["type"] == "snapshot"
     user_turn, reply = snapshot["messages"]
-    assert user_turn == {"id": accepted["user_message"], "role": "user", "status": "complete",
-                         "model": "demo", "text": "watch me"}
+    assert user_turn == {
+        "id": accepted["user_message"],
+        "role": "user",
+        "status": "complete",
+        "model": "demo",
+        "text": "watch me",
+    }
     assert reply["id"] == accepted["message"] and reply["status"] == "streaming"
     assert reply["seq"] >= 2
 
     text, seq = reply["text"], reply["seq"]
-    for frame in await receive_until(reader, lambda f: f["type"] == "delta" and f["seq"] > seq):
+    first_new = seq + 1
+    for frame in await receive_until(
+        reader, lambda f: f["type"] == "delta" and f["seq"] >= first_new
+    ):
         if frame["type"] == "delta" and frame["seq"] > seq:
             assert frame["seq"] == seq + 1, "a subscriber must not miss a delta after its snapshot"
             text, seq = text + frame["text"], frame["seq"]
@@ -272,7 +315,9 @@ async def test_subscribe_mid_stream_gets_a_snapshot_and_then_the_rest(owner, ses
     assert stored.content == text
 
 
-async def test_unknown_conversation_and_foreign_one_get_the_same_answer(owner, outsider, session_cookie) -> None:
+async def test_unknown_conversation_and_foreign_one_get_the_same_answer(
+    owner, outsider, session_cookie
+) -> None:
     theirs = await sync_to_async(Conversation.objects.create)(owner=owner, title="t", model="demo")
     comm = await connected(await sync_to_async(session_cookie)(outsider))
     answers = []

@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-ADMIN_PASSWORD = "e2e-password-for-tests-only"  # noqa: S105
+ADMIN_PASSWORD = "e2e-password-for-tests-only"
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,8 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "ALLOWED_HOSTS"}
+        if key
+        not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "ALLOWED_HOSTS"}
     }
     env.update(
         DJANGO_SETTINGS_MODULE="enterprise_ai.settings",
@@ -56,13 +57,24 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
     )
     python = sys.executable
     for command in (["migrate", "--noinput"], ["ensure_admin"]):
-        subprocess.run([python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(
+            [python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True
+        )
 
     port = _free_port()
     log_path = data_dir / "daphne.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "enterprise_ai.asgi:application"],
+            [
+                python,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "enterprise_ai.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -73,10 +73,15 @@ def test_log_in_chat_stop_and_reload(embedded_server: Server, page: Any) -> None
     reply = page.locator("article.msg-assistant").first
     expect(reply).to_have_attribute("data-status", "streaming")
     expect(page.locator("#stop-button")).to_be_visible()
+    expect(page.locator("#send-button")).to_be_hidden()
     expect(reply).to_have_attribute("data-status", "complete", timeout=20_000)
     expect(reply.locator(".markdown strong")).to_have_text("demo model")
+    expect(page.locator("#send-button")).to_be_visible()
+    expect(page.locator("#stop-button")).to_be_hidden()
     expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
-    expect(page.locator("#conversation-list a[aria-current=page]")).to_have_text("Hello from the browser")
+    expect(page.locator("#conversation-list a[aria-current=page]")).to_have_text(
+        "Hello from the browser"
+    )
 
     # Shift+Enter adds a line instead of sending.
     page.fill("#composer-input", "First line")
@@ -99,7 +104,13 @@ def test_log_in_chat_stop_and_reload(embedded_server: Server, page: Any) -> None
     page.reload()
     expect(page.locator("#connection-status")).to_have_text("Connected")
     expect(page.locator("article.msg-user")).to_have_count(2)
-    expect(page.locator("article.msg-user .msg-body").nth(1)).to_have_text("First line\nsecond line")
-    expect(page.locator("article.msg-assistant").nth(0)).to_have_attribute("data-status", "complete")
-    expect(page.locator("article.msg-assistant").nth(1)).to_have_attribute("data-status", "cancelled")
+    expect(page.locator("article.msg-user .msg-body").nth(1)).to_have_text(
+        "First line\nsecond line"
+    )
+    expect(page.locator("article.msg-assistant").nth(0)).to_have_attribute(
+        "data-status", "complete"
+    )
+    expect(page.locator("article.msg-assistant").nth(1)).to_have_attribute(
+        "data-status", "cancelled"
+    )
     expect(page.locator("article.msg-assistant .msg-note")).to_have_text("Stopped.")

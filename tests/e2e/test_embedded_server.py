@@ -9,9 +9,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.typing import Origin
 
 from providers.demo import demo_reply
 from tests.e2e.conftest import Server
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.e2e
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
         return None
 
 
@@ -55,7 +57,9 @@ def test_pages_need_login_and_static_files_are_served(embedded_server: Server) -
         opener.open(f"{embedded_server.base_url}/", timeout=10)
     assert redirect.value.code == 302
     assert redirect.value.headers["Location"].startswith("/accounts/login/")
-    with urllib.request.urlopen(f"{embedded_server.base_url}/static/js/chat.js", timeout=10) as response:
+    with urllib.request.urlopen(
+        f"{embedded_server.base_url}/static/js/chat.js", timeout=10
+    ) as response:
         assert b"WebSocket" in response.read()
 
 
@@ -63,10 +67,17 @@ async def test_logged_in_socket_receives_a_complete_streamed_reply(embedded_serv
     cookie = login(embedded_server)
     ws_url = embedded_server.base_url.replace("http://", "ws://") + "/ws/chat/"
     async with connect(
-        ws_url, origin=embedded_server.origin, additional_headers={"Cookie": cookie}, open_timeout=10
+        ws_url,
+        origin=Origin(embedded_server.origin),
+        additional_headers={"Cookie": cookie},
+        open_timeout=10,
     ) as socket:
-        await socket.send(json.dumps({"type": "send", "conversation": None, "text": "End to end", "model": "demo"}))
-        frames = []
+        await socket.send(
+            json.dumps(
+                {"type": "send", "conversation": None, "text": "End to end", "model": "demo"}
+            )
+        )
+        frames: list[dict[str, Any]] = []
         deadline = time.monotonic() + 30
         while not frames or frames[-1]["type"] not in {"done", "error"}:
             assert time.monotonic() < deadline, frames
@@ -80,7 +91,9 @@ async def test_logged_in_socket_receives_a_complete_streamed_reply(embedded_serv
         assert frames[-1]["type"] == "done" and "<strong>demo model</strong>" in frames[-1]["html"]
 
         # What was streamed is what is stored: a fresh subscription shows it.
-        await socket.send(json.dumps({"type": "subscribe", "conversation": frames[0]["conversation"]}))
+        await socket.send(
+            json.dumps({"type": "subscribe", "conversation": frames[0]["conversation"]})
+        )
         snapshot = json.loads(await socket.recv())
         assert snapshot["type"] == "snapshot"
         assert [m["status"] for m in snapshot["messages"]] == ["complete", "complete"]
@@ -91,6 +104,8 @@ async def test_socket_from_a_foreign_origin_is_refused(embedded_server: Server) 
     cookie = login(embedded_server)
     ws_url = embedded_server.base_url.replace("http://", "ws://") + "/ws/chat/"
     with pytest.raises(Exception) as refused:
-        async with connect(ws_url, origin="http://evil.example", additional_headers={"Cookie": cookie}):
+        async with connect(
+            ws_url, origin=Origin("http://evil.example"), additional_headers={"Cookie": cookie}
+        ):
             pass
     assert "403" in str(refused.value)

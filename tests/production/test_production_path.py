@@ -11,11 +11,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from channels.db import database_sync_to_async as sync_to_async
 from celery.contrib.testing.worker import start_worker
+from channels.db import database_sync_to_async as sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
+from redis import Redis
 
 from conversations.models import Message
 from conversations.tasks import generate_reply
@@ -56,7 +57,9 @@ async def test_round_trip_through_consumer_broker_worker_and_redis_layer(
     comm = communicator(await sync_to_async(session_cookie)(owner))
     ok, _ = await comm.connect()
     assert ok
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "From production", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "From production", "model": "demo"}
+    )
     frames = await receive_until(comm, is_final, timeout=30)
     await comm.disconnect()
 
@@ -69,11 +72,15 @@ async def test_round_trip_through_consumer_broker_worker_and_redis_layer(
     assert reply.content == "".join(d["text"] for d in deltas) == demo_reply("From production")
 
 
-async def test_stop_reaches_the_worker_through_redis(owner, session_cookie, slow_demo, llm_worker) -> None:
+async def test_stop_reaches_the_worker_through_redis(
+    owner, session_cookie, slow_demo, llm_worker
+) -> None:
     comm = communicator(await sync_to_async(session_cookie)(owner))
     ok, _ = await comm.connect()
     assert ok
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "Long one", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "Long one", "model": "demo"}
+    )
     accepted = await comm.receive_json_from(timeout=10)
     await receive_until(comm, lambda f: f["type"] == "delta", timeout=30)
     await comm.send_json_to({"type": "stop", "message": accepted["message"]})
@@ -91,16 +98,18 @@ async def test_a_task_delivered_three_times_produces_one_reply(
     comm = communicator(await sync_to_async(session_cookie)(owner))
     ok, _ = await comm.connect()
     assert ok
-    await comm.send_json_to({"type": "send", "conversation": None, "text": "Once only", "model": "demo"})
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "Once only", "model": "demo"}
+    )
     accepted = await comm.receive_json_from(timeout=10)
     reply = await sync_to_async(Message.objects.get)(public_id=accepted["message"])
     # Two more deliveries of the same task, as a broker redelivery would make.
-    generate_reply.apply_async(args=[reply.pk])
-    generate_reply.apply_async(args=[reply.pk])
+    generate_reply.apply_async(args=(reply.pk,))
+    generate_reply.apply_async(args=(reply.pk,))
     frames = await receive_until(comm, is_final, timeout=30)
     assert frames[-1]["type"] == "done"
 
-    redis = celery_app.connection_for_write().default_channel.client
+    redis = Redis.from_url(settings.CELERY_BROKER_URL)
     for _ in range(100):  # the duplicates are consumed within moments
         if redis.llen("llm") == 0:
             break
@@ -109,7 +118,9 @@ async def test_a_task_delivered_three_times_produces_one_reply(
     assert await comm.receive_nothing(timeout=1.5), "a duplicate delivery streamed again"
     await comm.disconnect()
 
-    replies = Message.objects.filter(conversation__public_id=accepted["conversation"], role="assistant")
+    replies = Message.objects.filter(
+        conversation__public_id=accepted["conversation"], role="assistant"
+    )
     assert await sync_to_async(replies.count)() == 1
     await sync_to_async(reply.refresh_from_db)()
     assert reply.status == Message.Status.COMPLETE

@@ -1,0 +1,190 @@
+"""The two shapes of configuration, read in a fresh interpreter with a controlled environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from enterprise_ai.env import Env
+
+ROOT = Path(__file__).resolve().parents[2]
+PROBE = """
+import json
+import enterprise_ai.settings as s
+print(json.dumps({
+    "engine": s.DATABASES["default"]["ENGINE"],
+    "db_name": str(s.DATABASES["default"]["NAME"]),
+    "layer": s.CHANNEL_LAYERS["default"]["BACKEND"],
+    "cache": s.CACHES["default"]["BACKEND"],
+    "dispatch": s.TASK_DISPATCH,
+    "broker": s.CELERY_BROKER_URL,
+    "debug": s.DEBUG,
+    "embedded": s.EMBEDDED,
+    "secret_key": s.SECRET_KEY,
+    "hashers": s.PASSWORD_HASHERS[0],
+    "allowed_hosts": s.ALLOWED_HOSTS,
+}))
+"""
+SERVICE_VARIABLES = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "SECRET_KEY",
+    "ALLOWED_HOSTS",
+    "DEBUG",
+}
+PRODUCTION_KEY = "k" * 50
+
+
+def load(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in SERVICE_VARIABLES and not k.endswith("_FILE")
+    }
+    env.update(LOCAL_DATA_DIR=str(tmp_path / "local"), **variables)
+    return subprocess.run(
+        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def settings_of(tmp_path: Path, **variables: str) -> dict:
+    result = load(tmp_path, **variables)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def failure_of(tmp_path: Path, **variables: str) -> str:
+    result = load(tmp_path, **variables)
+    assert result.returncode != 0
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_embedded_default_with_nothing_configured(tmp_path: Path) -> None:
+    s = settings_of(tmp_path)
+    assert s["embedded"] is True
+    assert s["engine"] == "django.db.backends.sqlite3"
+    assert s["db_name"] == str(tmp_path / "local" / "db.sqlite3")
+    assert s["layer"] == "enterprise_ai.channel_layers.ThreadSafeInMemoryChannelLayer"
+    assert s["dispatch"] == "thread"
+    assert s["debug"] is False
+    assert s["hashers"].endswith("Argon2PasswordHasher")
+    assert "127.0.0.1" in s["allowed_hosts"]
+
+
+def test_embedded_secret_key_is_generated_once_into_a_private_file(tmp_path: Path) -> None:
+    first = settings_of(tmp_path)["secret_key"]
+    key_file = tmp_path / "local" / "secret_key"
+    assert key_file.read_text() == first and len(first) >= 50
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert settings_of(tmp_path)["secret_key"] == first
+
+
+def test_gitignore_keeps_the_local_directory_out_of_the_repository() -> None:
+    assert ".local/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_production_path_with_postgres_and_redis(tmp_path: Path) -> None:
+    s = settings_of(
+        tmp_path,
+        DATABASE_URL="postgres://app@db.internal:5432/eai",
+        REDIS_URL="redis://cache.internal:6379/0",
+        SECRET_KEY=PRODUCTION_KEY,
+        ALLOWED_HOSTS="ai.example.com",
+    )
+    assert s["embedded"] is False
+    assert s["engine"] == "django.db.backends.postgresql"
+    assert s["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
+    assert s["dispatch"] == "celery"
+    assert s["broker"] == "redis://cache.internal:6379/0"
+
+
+def test_rabbitmq_broker_with_redis_layer(tmp_path: Path) -> None:
+    s = settings_of(
+        tmp_path,
+        CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:5672//",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        SECRET_KEY=PRODUCTION_KEY,
+        ALLOWED_HOSTS="ai.example.com",
+    )
+    assert s["broker"].startswith("amqp://") and s["dispatch"] == "celery"
+
+
+def test_production_refuses_to_start_without_a_secret_key(tmp_path: Path) -> None:
+    error = failure_of(
+        tmp_path, DATABASE_URL="postgres://app@db/eai", ALLOWED_HOSTS="ai.example.com"
+    )
+    assert "SECRET_KEY" in error and "required" in error
+    assert not (tmp_path / "local" / "secret_key").exists()
+
+
+def test_production_refuses_to_start_without_allowed_hosts(tmp_path: Path) -> None:
+    error = failure_of(tmp_path, DATABASE_URL="postgres://app@db/eai", SECRET_KEY=PRODUCTION_KEY)
+    assert "ALLOWED_HOSTS" in error
+
+
+def test_a_broker_without_redis_is_refused(tmp_path: Path) -> None:
+    error = failure_of(
+        tmp_path,
+        CELERY_BROKER_URL="amqp://127.0.0.1//",
+        SECRET_KEY=PRODUCTION_KEY,
+        ALLOWED_HOSTS="x",
+    )
+    assert "REDIS_URL is required" in error
+
+
+def test_secret_key_from_a_file(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text(PRODUCTION_KEY + "\n")
+    s = settings_of(
+        tmp_path,
+        DATABASE_URL="postgres://app@db/eai",
+        SECRET_KEY_FILE=str(secret),
+        ALLOWED_HOSTS="x",
+    )
+    assert s["secret_key"] == PRODUCTION_KEY
+
+
+def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
+    assert "at least 32" in failure_of(tmp_path, SECRET_KEY="short")
+
+
+def test_debug_is_only_on_when_asked_for(tmp_path: Path) -> None:
+    assert settings_of(tmp_path, DEBUG="true")["debug"] is True
+    assert "DEBUG must be true or false" in failure_of(tmp_path, DEBUG="maybe")
+
+
+class TestEnv:
+    def test_typed_values(self) -> None:
+        env = Env({"N": "42", "F": "0.5", "B": "yes", "L": "a, b,,c", "S": "  text  "})
+        assert env.int("N", 0) == 42
+        assert env.float("F", 0) == 0.5
+        assert env.bool("B") is True
+        assert env.list("L") == ["a", "b", "c"]
+        assert env.str("S") == "text"
+        assert env.int("MISSING", 7) == 7
+
+    def test_bad_values_fail_loudly(self) -> None:
+        with pytest.raises(ImproperlyConfigured, match="whole number"):
+            Env({"N": "4x"}).int("N", 0)
+        with pytest.raises(ImproperlyConfigured, match="at least 1"):
+            Env({"N": "0"}).int("N", 5, min_value=1)
+        with pytest.raises(ImproperlyConfigured, match="true or false"):
+            Env({"B": "si"}).bool("B")
+
+    def test_file_variant_and_conflicts(self, tmp_path: Path) -> None:
+        secret = tmp_path / "token"
+        secret.write_text("s3cret\r\n")
+        assert Env({"TOKEN_FILE": str(secret)}).str("TOKEN") == "s3cret"
+        with pytest.raises(ImproperlyConfigured, match="not both"):
+            Env({"TOKEN": "a", "TOKEN_FILE": str(secret)}).str("TOKEN")
+        with pytest.raises(ImproperlyConfigured, match="cannot be read"):
+            Env({"TOKEN_FILE": str(tmp_path / "missing")}).str("TOKEN")
