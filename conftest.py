@@ -53,6 +53,7 @@ def production_problem() -> str | None:
     return None
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` has deselected what this run does not include
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     production = [item for item in items if item.get_closest_marker("production")]
     if not production:
