@@ -16,7 +16,7 @@ PRODUCTION_TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_
 # Tests never read the developer's service configuration.
 UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY
 
-.PHONY: venv run worker test test-unit test-production lint format bench clean
+.PHONY: venv run worker test test-unit test-production lint format clean
 
 $(STAMP): requirements/base.txt requirements/prod.txt requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

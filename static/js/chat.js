@@ -25,6 +25,7 @@ const state = {
   reply: null, // { id, seq, body, gap } of the reply being streamed
   pendingText: null, // text sent, waiting for "accepted" or "error"
   pendingBubble: null,
+  resyncing: false, // a "subscribe" is on its way; its snapshot will redraw the page
   retries: 0,
 };
 
@@ -130,6 +131,7 @@ function addToSidebar(id, title) {
 
 const handlers = {
   snapshot(frame) {
+    state.resyncing = false;
     el.transcript.replaceChildren();
     state.reply = null;
     for (const message of frame.messages) {
@@ -161,7 +163,12 @@ const handlers = {
 
   delta(frame) {
     const reply = state.reply;
-    if (!reply || reply.id !== frame.message || frame.seq <= reply.seq) return;
+    if (!reply || reply.id !== frame.message) {
+      // A reply started elsewhere (another tab): fetch the conversation as stored.
+      if (!state.pendingBubble && !findBubble(frame.message)) resubscribe();
+      return;
+    }
+    if (frame.seq <= reply.seq) return;
     if (frame.seq !== reply.seq + 1) reply.gap = true; // missed a piece: "done" repairs it
     reply.seq = frame.seq;
     reply.body.textContent += frame.text;
@@ -170,7 +177,11 @@ const handlers = {
   },
 
   done(frame) {
-    const article = findBubble(frame.message) || bubble("assistant", frame.message, frame.status);
+    const article = findBubble(frame.message);
+    if (!article) {
+      resubscribe();
+      return;
+    }
     article.dataset.status = frame.status;
     setHtml(article, frame.html);
     if (frame.status === "cancelled") addNote(article, "msg-note", "Stopped.");
@@ -204,6 +215,19 @@ const handlers = {
 
 // --- The socket ------------------------------------------------------------------------------
 
+function resubscribe() {
+  if (state.resyncing) return; // one snapshot at a time
+  if (state.conversation && state.socket && state.socket.readyState === WebSocket.OPEN) {
+    state.resyncing = true;
+    state.socket.send(JSON.stringify({ type: "subscribe", conversation: state.conversation }));
+  }
+}
+
+function isForThisPage(frame) {
+  // Frames about another conversation (an earlier subscription of this socket) are ignored.
+  return !frame.conversation || frame.type === "accepted" || frame.conversation === state.conversation;
+}
+
 function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const socket = new WebSocket(`${scheme}://${location.host}${config.socketPath}`);
@@ -212,9 +236,10 @@ function connect() {
 
   socket.addEventListener("open", () => {
     state.retries = 0;
+    state.resyncing = false;
     setConnection("open", "Connected");
     // On every (re)connect show what is stored, and follow a reply still being written.
-    if (state.conversation) socket.send(JSON.stringify({ type: "subscribe", conversation: state.conversation }));
+    resubscribe();
   });
 
   socket.addEventListener("message", (event) => {
@@ -225,7 +250,7 @@ function connect() {
       return;
     }
     const handler = handlers[frame.type];
-    if (handler) handler(frame);
+    if (handler && isForThisPage(frame)) handler(frame);
   });
 
   socket.addEventListener("close", () => {

@@ -38,9 +38,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    data_dir = tmp_path_factory.mktemp("embedded")
+def _embedded_env(data_dir: Path) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
@@ -55,18 +53,26 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
         DEMO_FIRST_TOKEN_DELAY_MS="100",
         DEMO_TOKENS_PER_SECOND="50",
     )
-    python = sys.executable
+    return env
+
+
+def _prepare(env: dict[str, str]) -> None:
+    """What `make run` does before serving: migrate, create the administrator."""
     for command in (["migrate", "--noinput"], ["ensure_admin"]):
         subprocess.run(
-            [python, "manage.py", *command], cwd=ROOT, env=env, check=True, capture_output=True
+            [sys.executable, "manage.py", *command],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
         )
 
-    port = _free_port()
-    log_path = data_dir / "daphne.log"
-    with log_path.open("wb") as log:
+
+def _start_daphne(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
         process = subprocess.Popen(
             [
-                python,
+                sys.executable,
                 "-m",
                 "daphne",
                 "-b",
@@ -80,24 +86,73 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop(process)
+            raise RuntimeError(f"daphne did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="session")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    data_dir = tmp_path_factory.mktemp("embedded")
+    env = _embedded_env(data_dir)
+    _prepare(env)
+    port = _free_port()
+    log_path = data_dir / "daphne.log"
+    process = _start_daphne(env, port, log_path)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"daphne did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
         yield Server(base_url, base_url, "e2e-admin", ADMIN_PASSWORD, log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
+
+
+class RestartableServer:
+    """An embedded server of its own (own data directory) that a test may restart."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.env = _embedded_env(data_dir)
+        self.port = _free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir / "daphne.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        _prepare(self.env)
+
+    def start(self) -> None:
+        self.process = _start_daphne(self.env, self.port, self.log)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+
+    @property
+    def server(self) -> Server:
+        return Server(self.base_url, self.base_url, "e2e-admin", ADMIN_PASSWORD, self.log)
+
+
+@pytest.fixture
+def restartable_server(tmp_path: Path) -> Iterator[RestartableServer]:
+    server = RestartableServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

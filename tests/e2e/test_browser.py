@@ -114,3 +114,54 @@ def test_log_in_chat_stop_and_reload(embedded_server: Server, page: Any) -> None
         "data-status", "cancelled"
     )
     expect(page.locator("article.msg-assistant .msg-note")).to_have_text("Stopped.")
+
+
+def log_in(page: Any, server: Server) -> None:
+    page.goto(f"{server.base_url}/accounts/login/")
+    page.fill("#id_username", server.username)
+    page.fill("#id_password", server.password)
+    page.click("button[type=submit]")
+
+
+def test_reconnects_after_a_server_restart_and_follows_other_tabs(
+    restartable_server: Any, browser: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    server = restartable_server.server
+    context = browser.new_context()
+    tab_a, tab_b = context.new_page(), context.new_page()
+    try:
+        log_in(tab_a, server)
+        expect(tab_a.locator("#connection-status")).to_have_text("Connected")
+        tab_a.fill("#composer-input", "Kept across restarts")
+        tab_a.press("#composer-input", "Enter")
+        expect(tab_a.locator("article.msg-assistant")).to_have_attribute(
+            "data-status", "complete", timeout=20_000
+        )
+        conversation_url = tab_a.url
+
+        restartable_server.stop()
+        expect(tab_a.locator("#connection-status")).to_have_text("Reconnecting…")
+        restartable_server.start()
+        expect(tab_a.locator("#connection-status")).to_have_text("Connected", timeout=30_000)
+        expect(tab_a.locator("article.msg")).to_have_count(2)
+
+        # Tab A re-subscribed on reconnect: a message sent from tab B streams into it.
+        tab_b.goto(conversation_url)
+        expect(tab_b.locator("#connection-status")).to_have_text("Connected")
+        tab_b.fill("#composer-input", "Sent from the other tab")
+        tab_b.press("#composer-input", "Enter")
+        expect(tab_a.locator("article.msg-user .msg-body").nth(1)).to_have_text(
+            "Sent from the other tab"
+        )
+        expect(tab_a.locator("article.msg-assistant").nth(1)).to_have_attribute(
+            "data-status", "complete", timeout=20_000
+        )
+        expect(tab_a.locator("article.msg")).to_have_count(4)
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        tab_a.screenshot(path=str(ARTIFACTS / "reconnect-tab-a.png"), full_page=True)
+        raise
+    finally:
+        context.close()
