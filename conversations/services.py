@@ -21,6 +21,7 @@ from accounts.models import User
 from conversations import streams
 from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
+from conversations.rendering import render_markdown
 from enterprise_ai.dispatch import dispatch
 from providers.registry import UnknownModel, get_model
 
@@ -142,7 +143,8 @@ def message_send(
         ) from None
 
     # Seam: the audit issue records "message sent" here, in this transaction.
-    from conversations.tasks import generate_reply  # tasks import services
+    # Imported here: the task module imports this one (tasks → generation → services).
+    from conversations.tasks import generate_reply
 
     transaction.on_commit(partial(dispatch, generate_reply, reply.pk))
     return SendResult(
@@ -267,8 +269,6 @@ def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
 
 
 def _broadcast_done(reply: Message) -> None:
-    from conversations.rendering import render_markdown
-
     streams.broadcast(
         reply.conversation.public_id,
         {

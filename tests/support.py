@@ -25,6 +25,14 @@ def communicator(
     return WebsocketCommunicator(application, "/ws/chat/", headers=headers)
 
 
+async def connected(cookie: str) -> WebsocketCommunicator:
+    """An open socket for the session in `cookie` (fails the test if refused)."""
+    comm = communicator(cookie)
+    ok, code = await comm.connect()
+    assert ok, f"socket refused with close code {code}"
+    return comm
+
+
 async def receive_until(
     comm: WebsocketCommunicator,
     stop: Callable[[dict[str, Any]], bool],

@@ -12,16 +12,9 @@ from django.test import override_settings
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
 from providers.demo import demo_reply
-from tests.support import communicator, is_final, receive_until
+from tests.support import communicator, connected, is_final, receive_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-async def connected(cookie: str):
-    comm = communicator(cookie)
-    ok, _ = await comm.connect()
-    assert ok
-    return comm
 
 
 async def message_count() -> int:

@@ -22,7 +22,7 @@ from conversations.models import Message
 from conversations.tasks import generate_reply
 from enterprise_ai.celery import app as celery_app
 from providers.demo import demo_reply
-from tests.support import communicator, is_final, receive_until
+from tests.support import connected, is_final, receive_until
 
 pytestmark = [pytest.mark.production, pytest.mark.django_db(transaction=True)]
 
@@ -54,9 +54,7 @@ def test_the_configuration_is_the_production_one() -> None:
 async def test_round_trip_through_consumer_broker_worker_and_redis_layer(
     owner, session_cookie, fast_demo, llm_worker
 ) -> None:
-    comm = communicator(await sync_to_async(session_cookie)(owner))
-    ok, _ = await comm.connect()
-    assert ok
+    comm = await connected(await sync_to_async(session_cookie)(owner))
     await comm.send_json_to(
         {"type": "send", "conversation": None, "text": "From production", "model": "demo"}
     )
@@ -75,9 +73,7 @@ async def test_round_trip_through_consumer_broker_worker_and_redis_layer(
 async def test_stop_reaches_the_worker_through_redis(
     owner, session_cookie, slow_demo, llm_worker
 ) -> None:
-    comm = communicator(await sync_to_async(session_cookie)(owner))
-    ok, _ = await comm.connect()
-    assert ok
+    comm = await connected(await sync_to_async(session_cookie)(owner))
     await comm.send_json_to(
         {"type": "send", "conversation": None, "text": "Long one", "model": "demo"}
     )
@@ -95,9 +91,7 @@ async def test_stop_reaches_the_worker_through_redis(
 async def test_a_task_delivered_three_times_produces_one_reply(
     owner, session_cookie, fast_demo, llm_worker
 ) -> None:
-    comm = communicator(await sync_to_async(session_cookie)(owner))
-    ok, _ = await comm.connect()
-    assert ok
+    comm = await connected(await sync_to_async(session_cookie)(owner))
     await comm.send_json_to(
         {"type": "send", "conversation": None, "text": "Once only", "model": "demo"}
     )
