@@ -271,6 +271,45 @@ AI_DEFAULT_MODEL = env.str("AI_DEFAULT_MODEL", "demo")
 if AI_DEFAULT_MODEL not in AI_MODELS:
     raise ImproperlyConfigured(f"AI_DEFAULT_MODEL {AI_DEFAULT_MODEL!r} is not a configured model.")
 
+# --- Providers (docs/providers.md) -------------------------------------------------------
+
+# AWS Bedrock. Credentials come only from the standard AWS chain (environment, profile,
+# instance or task role); never from the catalogue or the UI.
+BEDROCK_REGION = env.str("BEDROCK_REGION") or env.str("AWS_REGION") or env.str("AWS_DEFAULT_REGION")
+BEDROCK_ENDPOINT_URL = env.str("BEDROCK_ENDPOINT_URL")  # a VPC endpoint; empty: AWS's default
+
+# OpenAI (Responses + Conversations). OPENAI_DRIVER=azure-openai sends `openai` models to
+# Azure OpenAI instead, as the original design did.
+OPENAI_API_KEY = env.str("OPENAI_API_KEY")
+OPENAI_BASE_URL = env.str("OPENAI_BASE_URL")  # empty: the SDK's default
+OPENAI_ORGANIZATION = env.str("OPENAI_ORGANIZATION")
+OPENAI_DRIVER = env.str("OPENAI_DRIVER", "openai")
+if OPENAI_DRIVER not in {"openai", "azure-openai"}:
+    raise ImproperlyConfigured("OPENAI_DRIVER must be openai or azure-openai.")
+
+# Azure OpenAI: the catalogue's provider model id is the deployment name.
+AZURE_OPENAI_ENDPOINT = env.str("AZURE_OPENAI_ENDPOINT")
+AZURE_OPENAI_API_KEY = env.str("AZURE_OPENAI_API_KEY")
+AZURE_OPENAI_API_VERSION = env.str("AZURE_OPENAI_API_VERSION", "2025-04-01-preview")
+
+# Any OpenAI-compatible Chat Completions server (vLLM, Ollama, LM Studio, LiteLLM). A
+# catalogue model may name its own base URL in its options.
+OPENAI_COMPATIBLE_BASE_URL = env.str("OPENAI_COMPATIBLE_BASE_URL")
+OPENAI_COMPATIBLE_API_KEY = env.str("OPENAI_COMPATIBLE_API_KEY")
+
+# Resilience around every provider call (providers/resilience.py).
+PROVIDER_CONNECT_TIMEOUT_SECONDS = env.float("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5, min_value=0.1)
+PROVIDER_FIRST_TOKEN_TIMEOUT_SECONDS = env.float(
+    "PROVIDER_FIRST_TOKEN_TIMEOUT_SECONDS", 60, min_value=0.1
+)
+PROVIDER_IDLE_TIMEOUT_SECONDS = env.float("PROVIDER_IDLE_TIMEOUT_SECONDS", 30, min_value=0.1)
+PROVIDER_TOTAL_TIMEOUT_SECONDS = env.float("PROVIDER_TOTAL_TIMEOUT_SECONDS", 300, min_value=1)
+PROVIDER_MAX_ATTEMPTS = env.int("PROVIDER_MAX_ATTEMPTS", 3, min_value=1)
+PROVIDER_RETRY_BASE_SECONDS = env.float("PROVIDER_RETRY_BASE_SECONDS", 0.5, min_value=0)
+PROVIDER_RETRY_MAX_SECONDS = env.float("PROVIDER_RETRY_MAX_SECONDS", 20, min_value=0)
+CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", 5, min_value=1)
+CIRCUIT_RESET_SECONDS = env.float("CIRCUIT_RESET_SECONDS", 30, min_value=0.1)
+
 # --- Static files, i18n -------------------------------------------------------------------
 
 STATIC_URL = "static/"

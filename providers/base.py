@@ -3,6 +3,9 @@
 A provider turns a `ChatRequest` into a stream of typed events:
 
 * `TextDelta` — a piece of the reply's text, in order;
+* `ToolCall` — the model asks for a tool to be run (then `Finish(TOOL_USE)`);
+* `StateUpdate` — provider-side state to keep on our Conversation (e.g. an OpenAI
+  conversation id), given back in the next request's `state`;
 * `Usage` — token counts, at most once, usually near the end;
 * `Finish` — the last event, with the reason the model stopped.
 
@@ -21,20 +24,57 @@ from typing import Any, Literal
 
 
 @dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: its name, what it does, and a JSON schema of its input."""
+
+    name: str
+    description: str
+    parameters: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """The model asks for `name` to be run with `arguments`. `id` pairs it with its result."""
+
+    id: str
+    name: str
+    arguments: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """What a tool returned (or why it failed), sent back to the model as data."""
+
+    call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One turn. An assistant turn may carry `tool_calls`; the user turn that follows it
+    then carries their `tool_results` (and usually no text)."""
+
     role: Literal["user", "assistant"]
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_results: tuple[ToolResult, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
-    """What to ask a model. `messages` is oldest first and ends with the user's turn."""
+    """What to ask a model. `messages` is oldest first and ends with the user's turn
+    (text, or the results of the tools the model asked for)."""
 
     model: str  # the provider's own model id
     system_prompt: str
     messages: Sequence[ChatMessage]
     max_output_tokens: int
     temperature: float | None = None
+    tools: Sequence[ToolSpec] = ()
+    # Provider-side state from earlier StateUpdate events of this conversation.
+    state: Mapping[str, Any] = field(default_factory=dict)
 
 
 class StopReason(enum.StrEnum):
@@ -62,7 +102,14 @@ class Finish:
     stop_reason: StopReason
 
 
-StreamEvent = TextDelta | Usage | Finish
+@dataclass(frozen=True, slots=True)
+class StateUpdate:
+    """Provider-side state to store with the conversation and pass back in `ChatRequest.state`."""
+
+    state: Mapping[str, Any]
+
+
+StreamEvent = TextDelta | ToolCall | StateUpdate | Usage | Finish
 
 
 class ProviderError(Exception):
@@ -123,6 +170,39 @@ class ProviderMisconfigured(ProviderError):
         super().__init__(message, retryable=False)
 
 
+class ProviderProtocolError(ProviderError):
+    """The service answered with something we could not read (a malformed event)."""
+
+    code = "provider_protocol_error"
+
+    def __init__(
+        self, message: str = "The AI service sent a reply that could not be read."
+    ) -> None:
+        super().__init__(message, retryable=True)
+
+
+class ProviderTimeout(ProviderError):
+    """No answer, or no next piece of the answer, in time. Retrying may help."""
+
+    code = "provider_timeout"
+
+    def __init__(self, message: str = "The AI service took too long to answer.") -> None:
+        super().__init__(message, retryable=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderTimeouts:
+    """Network timeouts, in seconds, for the provider's HTTP client.
+
+    `read` bounds any single wait for bytes. The resilience layer enforces the finer
+    first-token, idle and total limits around the stream; this is the backstop that
+    releases a connection the layer has given up on.
+    """
+
+    connect: float = 5.0
+    read: float = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """A model users can pick: our key, its label, and how to reach it."""
@@ -141,8 +221,9 @@ class Provider(abc.ABC):
     #: The name the model catalogue uses for this provider.
     name: str
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, *, timeouts: ProviderTimeouts | None = None) -> None:
         self.spec = spec
+        self.timeouts = timeouts or ProviderTimeouts()
 
     @abc.abstractmethod
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
@@ -150,4 +231,5 @@ class Provider(abc.ABC):
 
         Raises ProviderError (or a subclass) on failure; nothing else may escape.
         Closing the iterator early (the user pressed stop) must release the connection.
+        The SDK's own retries must be off: retrying belongs to the resilience layer.
         """
