@@ -99,12 +99,8 @@ def outsider(db: None) -> Any:
 
 
 def set_demo_speed(settings: Any, *, first_token_delay_ms: int, tokens_per_second: float) -> None:
-    models = {key: dict(value) for key, value in settings.AI_MODELS.items()}
-    models["demo"]["options"] = {
-        "first_token_delay_ms": first_token_delay_ms,
-        "tokens_per_second": tokens_per_second,
-    }
-    settings.AI_MODELS = models
+    settings.DEMO_FIRST_TOKEN_DELAY_MS = first_token_delay_ms
+    settings.DEMO_TOKENS_PER_SECOND = tokens_per_second
 
 
 @pytest.fixture
@@ -141,3 +137,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture(autouse=True)
+def _seeded_catalogue(request: pytest.FixtureRequest) -> None:
+    """Keep the migration-seeded demo model for every test with database access.
+
+    Transactional tests empty the tables afterwards, data migrations' rows included.
+    """
+    marker = request.node.get_closest_marker("django_db")
+    names = set(request.fixturenames)
+    if marker is None and not names & {"db", "transactional_db"}:
+        return
+    transactional = "transactional_db" in names or bool(marker and marker.kwargs.get("transaction"))
+    request.getfixturevalue("transactional_db" if transactional else "db")
+    from providers.models import AIModel
+
+    AIModel.objects.get_or_create(
+        key="demo",
+        defaults={
+            "display_name": "Demo model (offline)",
+            "provider": "demo",
+            "provider_model_id": "demo-1",
+            "is_default": True,
+            "position": 1000,
+            "available_to_everyone": True,
+        },
+    )

@@ -19,7 +19,7 @@ from django.conf import settings
 
 from conversations import selectors, services, streams
 from conversations.errors import ChatError
-from providers.registry import default_model
+from providers.registry import default_model_for
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_send(self, content: dict[str, Any]) -> None:
         raw_conversation = content.get("conversation")
-        model_key = content.get("model") or default_model().key
+        model_key = content.get("model") or await self.default_model_key()
         if raw_conversation is None:
             # The id is chosen here so the socket is subscribed before the reply can start.
             conversation_id = uuid.uuid4()
@@ -150,6 +150,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             user=self.user, public_id=conversation_id
         )
         await self.send_json({"type": "snapshot", **snapshot})
+
+    @database_sync_to_async
+    def default_model_key(self) -> str:
+        model = default_model_for(self.user)
+        if model is None:
+            raise ChatError(
+                "model_unavailable", "No model is available to you. Ask an administrator."
+            )
+        return model.key
 
     # --- Groups -----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
 from enterprise_ai.dispatch import dispatch
-from providers.registry import UnknownModel, get_model
+from providers.registry import UnknownModel, model_for_user
 
 TITLE_MAX_CHARS = 80
 GENERIC_FAILURE = "Something went wrong while generating this reply. Please try again."
@@ -94,7 +94,7 @@ def message_send(
     if not isinstance(model_key, str):
         raise ChatError("invalid", "The model must be given by its name.")
     try:
-        model = get_model(model_key)
+        model = model_for_user(model_key, actor)
     except UnknownModel:
         raise ChatError("model_unavailable", "That model is not available to you.") from None
 

@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET
 
 from conversations import selectors
 from conversations.errors import ChatError
-from providers.registry import available_models, default_model
+from providers.registry import default_model_for, models_for_user
 
 
 @require_GET
@@ -23,8 +23,9 @@ def chat(request: HttpRequest, public_id: UUID | None = None) -> HttpResponse:
             snapshot = selectors.conversation_snapshot(user=user, public_id=public_id)  # type: ignore[arg-type]
         except ChatError:
             raise Http404("No such conversation.") from None
-    models = available_models()
-    current_model = default_model().key
+    models = models_for_user(user)  # type: ignore[arg-type]
+    default = default_model_for(user)  # type: ignore[arg-type]
+    current_model = default.key if default else ""
     if snapshot and snapshot["messages"]:
         used = snapshot["messages"][-1]["model"]
         if any(model.key == used for model in models):

@@ -254,22 +254,7 @@ CHAT_REPLY_MAX_SECONDS = env.int("CHAT_REPLY_MAX_SECONDS", 600, min_value=10)
 DEMO_FIRST_TOKEN_DELAY_MS = env.int("DEMO_FIRST_TOKEN_DELAY_MS", 400, min_value=0)
 DEMO_TOKENS_PER_SECOND = env.float("DEMO_TOKENS_PER_SECOND", 30, min_value=0.1)
 
-# The model catalogue. Issue: real providers move this into the database (admin-managed).
-AI_MODELS: dict[str, dict[str, Any]] = {
-    "demo": {
-        "display_name": "Demo model (offline)",
-        "provider": "demo",
-        "provider_model_id": "demo-1",
-        "is_demo": True,
-        "options": {
-            "first_token_delay_ms": DEMO_FIRST_TOKEN_DELAY_MS,
-            "tokens_per_second": DEMO_TOKENS_PER_SECOND,
-        },
-    },
-}
-AI_DEFAULT_MODEL = env.str("AI_DEFAULT_MODEL", "demo")
-if AI_DEFAULT_MODEL not in AI_MODELS:
-    raise ImproperlyConfigured(f"AI_DEFAULT_MODEL {AI_DEFAULT_MODEL!r} is not a configured model.")
+# The model catalogue itself is in the database (providers.AIModel, managed in the admin).
 
 # --- Providers (docs/providers.md) -------------------------------------------------------
 

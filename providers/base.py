@@ -213,6 +213,9 @@ class ModelSpec:
     provider_model_id: str
     is_demo: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
+    context_window: int = 8192
+    max_output_tokens: int = 1024
+    fallback: str | None = None  # key of the model that answers when this one cannot
 
 
 class Provider(abc.ABC):

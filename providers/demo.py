@@ -2,7 +2,8 @@
 
 It stands in for a real model when no AI service is configured, so the whole chat path
 (consumer, task, channel layer, UI) can be seen and tested without credentials or network.
-Options (per model): `first_token_delay_ms`, `tokens_per_second`.
+Pacing: DEMO_FIRST_TOKEN_DELAY_MS and DEMO_TOKENS_PER_SECOND, or per model the options
+`first_token_delay_ms` and `tokens_per_second`.
 
 Token counts are estimates: roughly four characters per token for the input (no tokenizer
 download at run time) and one emitted piece per output token.
@@ -14,6 +15,8 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator
+
+from django.conf import settings
 
 from providers.base import ChatRequest, Finish, Provider, StopReason, StreamEvent, TextDelta, Usage
 
@@ -55,8 +58,11 @@ class DemoProvider(Provider):
     name = "demo"
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
-        first_token_delay = float(self.spec.options.get("first_token_delay_ms", 400)) / 1000
-        tokens_per_second = float(self.spec.options.get("tokens_per_second", 30))
+        options = self.spec.options
+        first_token_delay = (
+            float(options.get("first_token_delay_ms", settings.DEMO_FIRST_TOKEN_DELAY_MS)) / 1000
+        )
+        tokens_per_second = float(options.get("tokens_per_second", settings.DEMO_TOKENS_PER_SECOND))
         prompt = request.messages[-1].content if request.messages else ""
         pieces = _PIECES.findall(demo_reply(prompt))
 

@@ -1,15 +1,17 @@
-"""Which provider class serves which configured model.
+"""Which models a user may pick, and which provider class serves a model.
 
-`PROVIDERS` maps a provider name (as used in the model catalogue) to its class; `AI_MODELS`
-in settings is the catalogue for now (the providers issue moves it into the database).
+The catalogue lives in the database (`providers.models.AIModel`, managed in the admin).
+`PROVIDERS` maps a provider name to its class.
 """
 
 from __future__ import annotations
 
-from django.conf import settings
+from django.db.models import Q
 
-from providers.base import ModelSpec, Provider
+from accounts.models import User
+from providers.base import ModelSpec, Provider, ProviderTimeouts
 from providers.demo import DemoProvider
+from providers.models import AIModel
 
 PROVIDERS: dict[str, type[Provider]] = {
     DemoProvider.name: DemoProvider,
@@ -17,40 +19,78 @@ PROVIDERS: dict[str, type[Provider]] = {
 
 
 class UnknownModel(LookupError):
-    """No enabled model has this key."""
+    """No enabled model has this key, or the user may not use it."""
 
 
-def available_models() -> list[ModelSpec]:
-    """Every model users may pick, in catalogue order."""
-    return [
-        ModelSpec(
-            key=key,
-            display_name=config["display_name"],
-            provider=config["provider"],
-            provider_model_id=config["provider_model_id"],
-            is_demo=bool(config.get("is_demo", False)),
-            options=dict(config.get("options", {})),
-        )
-        for key, config in settings.AI_MODELS.items()
-    ]
+def _spec(row: AIModel) -> ModelSpec:
+    return ModelSpec(
+        key=row.key,
+        display_name=row.display_name,
+        provider=row.provider,
+        provider_model_id=row.provider_model_id,
+        is_demo=row.provider == DemoProvider.name,
+        options=dict(row.options or {}),
+        context_window=row.context_window,
+        max_output_tokens=row.max_output_tokens,
+        fallback=row.fallback.key if row.fallback_id and row.fallback else None,
+    )
 
 
-def default_model() -> ModelSpec:
-    return get_model(settings.AI_DEFAULT_MODEL)
+def _usable_by(user: User) -> Q:
+    if user.is_superuser:
+        return Q()
+    return Q(available_to_everyone=True) | Q(allowed_groups__in=user.groups.all())
+
+
+def models_for_user(user: User) -> list[ModelSpec]:
+    """The enabled models `user` may use, in picker order."""
+    if not user.is_active:
+        return []
+    rows = (
+        AIModel.objects.filter(enabled=True)
+        .filter(_usable_by(user))
+        .select_related("fallback")
+        .distinct()
+        .order_by("position", "display_name")
+    )
+    return [_spec(row) for row in rows]
+
+
+def default_model_for(user: User) -> ModelSpec | None:
+    """The catalogue's default model if the user may use it, else their first model."""
+    usable = models_for_user(user)
+    return next((m for m in usable if m.key == _default_key()), usable[0] if usable else None)
+
+
+def _default_key() -> str | None:
+    return AIModel.objects.filter(is_default=True).values_list("key", flat=True).first()
+
+
+def model_for_user(key: str, user: User) -> ModelSpec:
+    """The model `key` if it is enabled and `user` may use it. Raises UnknownModel."""
+    row = (
+        AIModel.objects.filter(key=key, enabled=True)
+        .filter(_usable_by(user))
+        .select_related("fallback")
+        .first()
+    )
+    if row is None or not user.is_active:
+        raise UnknownModel(key)
+    return _spec(row)
 
 
 def get_model(key: str) -> ModelSpec:
-    """The model with this key. Raises UnknownModel."""
-    for spec in available_models():
-        if spec.key == key:
-            return spec
-    raise UnknownModel(key)
+    """The enabled model `key`, whoever asks (workers, fallbacks). Raises UnknownModel."""
+    row = AIModel.objects.filter(key=key, enabled=True).select_related("fallback").first()
+    if row is None:
+        raise UnknownModel(key)
+    return _spec(row)
 
 
-def provider_for(spec: ModelSpec) -> Provider:
+def provider_for(spec: ModelSpec, *, timeouts: ProviderTimeouts | None = None) -> Provider:
     """A provider instance for one call to this model. Raises UnknownModel."""
     try:
         provider_class = PROVIDERS[spec.provider]
     except KeyError:
         raise UnknownModel(spec.key) from None
-    return provider_class(spec)
+    return provider_class(spec, timeouts=timeouts)

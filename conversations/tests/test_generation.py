@@ -12,6 +12,7 @@ from conversations.selectors import reply_history
 from conversations.services import message_send
 from providers import registry
 from providers.base import ChatRequest, Provider, ProviderRateLimited, StreamEvent, TextDelta
+from providers.models import AIModel
 
 pytestmark = pytest.mark.django_db
 
@@ -28,12 +29,15 @@ class BrokenProvider(Provider):
 
 
 @pytest.fixture
-def broken_model(settings, monkeypatch):
+def broken_model(monkeypatch):
     monkeypatch.setitem(registry.PROVIDERS, "broken", BrokenProvider)
-    settings.AI_MODELS = {
-        **settings.AI_MODELS,
-        "broken": {"display_name": "Broken", "provider": "broken", "provider_model_id": "b"},
-    }
+    AIModel.objects.create(
+        key="broken",
+        display_name="Broken",
+        provider="broken",
+        provider_model_id="b",
+        available_to_everyone=True,
+    )
     return "broken"
 
 
