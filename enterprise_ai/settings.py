@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "providers",
     "audit",
     "costs",
+    "tools",
 ]
 
 MIDDLEWARE = [
@@ -281,6 +282,17 @@ AZURE_OPENAI_API_VERSION = env.str("AZURE_OPENAI_API_VERSION", "2025-04-01-previ
 # catalogue model may name its own base URL in its options.
 OPENAI_COMPATIBLE_BASE_URL = env.str("OPENAI_COMPATIBLE_BASE_URL")
 OPENAI_COMPATIBLE_API_KEY = env.str("OPENAI_COMPATIBLE_API_KEY")
+
+# Tools (tools/). search_internet is offered to models only when both are set.
+GOOGLE_SEARCH_API_KEY = env.str("GOOGLE_SEARCH_API_KEY")
+GOOGLE_SEARCH_ENGINE_ID = env.str("GOOGLE_SEARCH_ENGINE_ID")
+GOOGLE_SEARCH_ENDPOINT = env.str(
+    "GOOGLE_SEARCH_ENDPOINT", "https://www.googleapis.com/customsearch/v1"
+)
+GOOGLE_SEARCH_MAX_RESULTS = env.int("GOOGLE_SEARCH_MAX_RESULTS", 5, min_value=1)
+GOOGLE_SEARCH_TIMEOUT_SECONDS = env.float("GOOGLE_SEARCH_TIMEOUT_SECONDS", 10, min_value=0.1)
+# A reply may go back and forth with tools at most this many times.
+CHAT_MAX_TOOL_ROUNDS = env.int("CHAT_MAX_TOOL_ROUNDS", 4, min_value=0)
 
 # Resilience around every provider call (providers/resilience.py).
 PROVIDER_CONNECT_TIMEOUT_SECONDS = env.float("PROVIDER_CONNECT_TIMEOUT_SECONDS", 5, min_value=0.1)

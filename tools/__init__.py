@@ -1,0 +1,1 @@
+"""Tools the models may call (provider-agnostic): the registry and the tools themselves."""
