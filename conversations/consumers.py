@@ -190,6 +190,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_done(self, event: dict[str, Any]) -> None:
         await self.send_json({**event, "type": "done"})
 
+    async def chat_tool(self, event: dict[str, Any]) -> None:
+        await self.send_json({**event, "type": "tool"})
+
+    async def chat_notice(self, event: dict[str, Any]) -> None:
+        await self.send_json({**event, "type": "notice"})
+
     async def chat_error(self, event: dict[str, Any]) -> None:
         await self.send_json({**event, "type": "error"})
 

@@ -1,4 +1,5 @@
-"""Generating one reply: stream from the provider, batch deltas to the sockets, store it.
+"""Generating one reply: window, provider stream (through the resilience layer), tools,
+batched deltas to the sockets, and the stored outcome.
 
 Runs in a Celery worker (production) or on a background thread of the server (embedded),
 always through `conversations.tasks.generate_reply`.
@@ -8,24 +9,35 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from django.conf import settings
 
+from accounts.models import User
 from conversations import selectors, services, streams
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from providers.base import (
     ChatMessage,
     ChatRequest,
     Finish,
+    ModelSpec,
     ProviderError,
-    StreamEvent,
+    StateUpdate,
     TextDelta,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
     Usage,
 )
-from providers.registry import UnknownModel, get_model, provider_for
+from providers.registry import UnknownModel, get_model
+from providers.resilience import Failover, resilient_stream
+from providers.window import fit_window, input_budget, merge_consecutive
+from tools.registry import run_tool, tools_for
 
 logger = logging.getLogger(__name__)
+
+TOOL_RESULT_STORED_CHARS = 2000
 
 
 class DeltaBatcher:
@@ -83,21 +95,100 @@ class DeltaBatcher:
             },
         )
 
+    def event(self, kind: str, **fields: Any) -> None:
+        """Tell the sockets about something other than text (a tool used, a failover)."""
+        self.flush()
+        streams.broadcast(
+            self.conversation_id,
+            {
+                "type": f"chat.{kind}",
+                "conversation": str(self.conversation_id),
+                "message": str(self.reply.public_id),
+                **fields,
+            },
+        )
 
-def _build_request(reply: Message, provider_model_id: str) -> ChatRequest:
-    history = selectors.reply_history(reply=reply)
-    return ChatRequest(
-        model=provider_model_id,
-        system_prompt=settings.CHAT_SYSTEM_PROMPT,
-        messages=[
-            ChatMessage(
-                role="user" if m.role == Message.Role.USER else "assistant", content=m.content
-            )
-            for m in history
-        ],
-        max_output_tokens=settings.CHAT_MAX_OUTPUT_TOKENS,
-        temperature=settings.CHAT_TEMPERATURE,
+
+@dataclass
+class Turn:
+    """What is being built up while a reply is written, across tool rounds."""
+
+    history: list[ChatMessage]
+    tools: list[ToolSpec]
+    state: dict[str, Any]
+    rounds: list[ChatMessage] = field(default_factory=list)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    has_usage: bool = False
+    stop_reason: str = ""
+    answered_by: str = ""
+    notice: str = ""
+    tool_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _history(reply: Message) -> list[ChatMessage]:
+    turns = selectors.reply_history(reply=reply)
+    return merge_consecutive(
+        [
+            ChatMessage("user" if m.role == Message.Role.USER else "assistant", m.content)
+            for m in turns
+        ]
     )
+
+
+def _state_for(conversation: Conversation, spec: ModelSpec, reply: Message) -> dict[str, Any]:
+    """The provider-side state to reuse, or {} when it belongs to another provider or has
+    missed a turn (another provider answered since)."""
+    state = dict(conversation.provider_state or {})
+    if state.get("provider") != spec.provider:
+        return {}
+    last_reply = (
+        Message.objects.filter(
+            conversation=conversation,
+            role=Message.Role.ASSISTANT,
+            id__lt=reply.id,
+            status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],
+        )
+        .order_by("-id")
+        .values_list("public_id", flat=True)
+        .first()
+    )
+    if state.get("last_reply") != (str(last_reply) if last_reply else None):
+        return {}
+    return {k: v for k, v in state.items() if k not in {"provider", "last_reply"}}
+
+
+def _request(turn: Turn, spec: ModelSpec) -> ChatRequest:
+    budget = input_budget(
+        context_window=spec.context_window,
+        max_output_tokens=spec.max_output_tokens,
+        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+        tools=turn.tools,
+    )
+    return ChatRequest(
+        model=spec.provider_model_id,
+        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+        messages=fit_window([*turn.history, *turn.rounds], budget=budget),
+        max_output_tokens=spec.max_output_tokens,
+        temperature=settings.CHAT_TEMPERATURE,
+        tools=turn.tools,
+        state=turn.state,
+    )
+
+
+def _record_tool(turn: Turn, call: ToolCall, result: ToolResult) -> dict[str, Any]:
+    stored = result.content
+    if len(stored) > TOOL_RESULT_STORED_CHARS:
+        stored = stored[:TOOL_RESULT_STORED_CHARS] + "…"
+    event = {
+        "id": call.id,
+        "name": call.name,
+        "arguments": dict(call.arguments),
+        "result": stored,
+        "is_error": result.is_error,
+    }
+    turn.tool_events.append(event)
+    return event
 
 
 def reply_generate(*, reply_id: int) -> None:
@@ -110,33 +201,79 @@ def reply_generate(*, reply_id: int) -> None:
     reply = services.reply_claim(reply_id=reply_id)
     if reply is None:
         return
-
+    conversation = reply.conversation
+    user: User = conversation.owner
     batcher = DeltaBatcher(reply)
-    usage: Usage | None = None
-    stop_reason = ""
     status = Message.Status.COMPLETE
     error_code = error = ""
+    turn = Turn(history=[], tools=[], state={})
+
+    def stop_requested() -> bool:
+        return streams.stop_requested(reply.public_id)
+
     try:
         spec = get_model(reply.model)
-        provider = provider_for(spec)
-        events: Iterator[StreamEvent] = provider.stream(
-            _build_request(reply, spec.provider_model_id)
-        )
-        try:
-            for event in events:
-                if streams.stop_requested(reply.public_id):
-                    status, stop_reason = Message.Status.CANCELLED, "stopped"
+        turn.history = _history(reply)
+        turn.tools = [tool.spec() for tool in tools_for(user)]
+        turn.state = _state_for(conversation, spec, reply)
+        turn.answered_by = spec.key
+        tool_rounds = 0
+        while True:
+            round_text: list[str] = []
+            calls: list[ToolCall] = []
+            new_state: dict[str, Any] = {}
+            cancelled = False
+            for event in resilient_stream(
+                model=spec,
+                build_request=lambda s: _request(turn, s),
+                should_stop=stop_requested,
+            ):
+                if stop_requested():
+                    cancelled = True
                     break
                 if isinstance(event, TextDelta):
                     batcher.add(event.text)
+                    round_text.append(event.text)
+                elif isinstance(event, ToolCall):
+                    calls.append(event)
                 elif isinstance(event, Usage):
-                    usage = event
+                    turn.has_usage = True
+                    turn.input_tokens += event.input_tokens
+                    turn.output_tokens += event.output_tokens
                 elif isinstance(event, Finish):
-                    stop_reason = event.stop_reason.value
-        finally:
-            close = getattr(events, "close", None)
-            if close is not None:
-                close()  # releases the provider's connection when we stopped early
+                    turn.stop_reason = event.stop_reason.value
+                elif isinstance(event, StateUpdate):
+                    # Applied once the round has succeeded: a retried attempt must not
+                    # assume the service kept what a failed attempt sent.
+                    new_state.update(event.state)
+                elif isinstance(event, Failover):
+                    spec = event.to_model
+                    turn.answered_by, turn.notice = spec.key, event.notice
+                    turn.state = _state_for(conversation, spec, reply)
+                    batcher.event("notice", text=event.notice)
+            if new_state:
+                turn.state = {**turn.state, **new_state}
+                services.conversation_state_save(
+                    conversation=conversation, provider=spec.provider, state=turn.state
+                )
+            if cancelled or stop_requested():
+                status, turn.stop_reason = Message.Status.CANCELLED, "stopped"
+                break
+            if not calls:
+                break
+            if tool_rounds >= settings.CHAT_MAX_TOOL_ROUNDS:
+                turn.stop_reason = "tool_rounds_exhausted"
+                break
+            tool_rounds += 1
+            results = []
+            for call in calls:
+                result = run_tool(call, user=user)
+                results.append(result)
+                batcher.event("tool", tool=_record_tool(turn, call, result))
+            turn.rounds += [
+                ChatMessage("assistant", "".join(round_text), tool_calls=tuple(calls)),
+                ChatMessage("user", "", tool_results=tuple(results)),
+            ]
     except UnknownModel:
         status, error_code = Message.Status.FAILED, "model_unavailable"
         error = "This model is no longer available. Pick another model and try again."
@@ -148,16 +285,26 @@ def reply_generate(*, reply_id: int) -> None:
         status, error_code, error = Message.Status.FAILED, "internal", services.GENERIC_FAILURE
 
     batcher.flush()
-    services.reply_finish(
+    finished = services.reply_finish(
         reply=reply,
         outcome=services.ReplyOutcome(
             status=status,
             content=batcher.text,
-            input_tokens=usage.input_tokens if usage else None,
-            output_tokens=usage.output_tokens if usage else None,
-            stop_reason=stop_reason,
+            input_tokens=turn.input_tokens if turn.has_usage else None,
+            output_tokens=turn.output_tokens if turn.has_usage else None,
+            stop_reason=turn.stop_reason,
             first_token_at=batcher.first_token_at,
             error_code=error_code,
             error=error,
+            answered_by=turn.answered_by,
+            notice=turn.notice,
+            tool_events=turn.tool_events,
         ),
     )
+    if finished and status != Message.Status.FAILED and turn.state:
+        services.conversation_state_save(
+            conversation=conversation,
+            provider=get_model(turn.answered_by).provider if turn.answered_by else "",
+            state=turn.state,
+            last_reply=str(reply.public_id),
+        )

@@ -16,6 +16,9 @@ class Conversation(models.Model):
     )
     title = models.CharField(max_length=200)
     model = models.CharField(max_length=100, help_text="Key of the model last used.")
+    # Provider-side state (e.g. an OpenAI conversation id), with the provider it belongs to
+    # and the last reply it has seen, so stale state is never reused.
+    provider_state = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -50,7 +53,13 @@ class Message(models.Model):
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
-    model = models.CharField(max_length=100, blank=True, help_text="Key of the model used.")
+    model = models.CharField(max_length=100, blank=True, help_text="Key of the model asked.")
+    answered_by = models.CharField(
+        max_length=100, blank=True, help_text="Key of the model that answered (after failover)."
+    )
+    notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply.")
+    # Tool calls made while writing this reply: [{id, name, arguments, result, is_error}].
+    tool_events = models.JSONField(default=list, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     stop_reason = models.CharField(max_length=32, blank=True)

@@ -59,6 +59,10 @@ def message_to_frame(message: Message) -> dict[str, Any]:
         frame["html"] = render_markdown(message.content)
         if message.status == Message.Status.FAILED:
             frame["error"] = message.error
+    if message.role == Message.Role.ASSISTANT:
+        frame["answered_by"] = message.answered_by
+        frame["notice"] = message.notice
+        frame["tools"] = message.tool_events
     return frame
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
+from typing import Any
 from uuid import UUID
 
 from django.conf import settings
@@ -23,7 +24,9 @@ from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
 from enterprise_ai.dispatch import dispatch
+from providers.base import ChatMessage
 from providers.registry import UnknownModel, model_for_user
+from providers.window import input_budget, message_tokens
 
 TITLE_MAX_CHARS = 80
 GENERIC_FAILURE = "Something went wrong while generating this reply. Please try again."
@@ -97,6 +100,18 @@ def message_send(
         model = model_for_user(model_key, actor)
     except UnknownModel:
         raise ChatError("model_unavailable", "That model is not available to you.") from None
+
+    budget = input_budget(
+        context_window=model.context_window,
+        max_output_tokens=model.max_output_tokens,
+        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+    )
+    if message_tokens(ChatMessage("user", text)) > budget:
+        raise ChatError(
+            "too_large",
+            f"The message is too long for {model.display_name}: shorten it or pick a model "
+            "with a larger context window.",
+        )
 
     # Seam: the guardrails issue screens `text` here; the costs issue reserves budget here.
 
@@ -223,6 +238,9 @@ class ReplyOutcome:
     first_token_at: float | None = None  # epoch seconds
     error_code: str = ""
     error: str = ""
+    answered_by: str = ""
+    notice: str = ""
+    tool_events: list[dict[str, Any]] = field(default_factory=list)
 
 
 def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
@@ -248,6 +266,9 @@ def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
         "duration_ms": max(0, round((now.timestamp() - accepted_at) * 1000)),
         "error_code": outcome.error_code,
         "error": outcome.error,
+        "answered_by": outcome.answered_by,
+        "notice": outcome.notice,
+        "tool_events": outcome.tool_events,
         "completed_at": now,
     }
     with transaction.atomic():
@@ -283,8 +304,28 @@ def _broadcast_done(reply: Message) -> None:
                 "time_to_first_token_ms": reply.time_to_first_token_ms,
                 "duration_ms": reply.duration_ms,
             },
+            "answered_by": reply.answered_by,
+            "notice": reply.notice,
+            "tools": reply.tool_events,
         },
     )
+
+
+def conversation_state_save(
+    *,
+    conversation: Conversation,
+    provider: str,
+    state: dict[str, Any],
+    last_reply: str | None = None,
+) -> None:
+    """Keep provider-side state (e.g. an OpenAI conversation id) with the conversation.
+
+    `last_reply` is the reply the state has seen last; state that misses a turn is not reused.
+    """
+    current = dict(conversation.provider_state or {})
+    saved = {**state, "provider": provider, "last_reply": last_reply or current.get("last_reply")}
+    conversation.provider_state = saved
+    Conversation.objects.filter(pk=conversation.pk).update(provider_state=saved)
 
 
 def _broadcast_error(reply: Message) -> None:

@@ -12,6 +12,7 @@ Two shapes, chosen by what is configured (see `.env.example` and docs/configurat
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,9 @@ else:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             },
-            # A file, not :memory:, so that test threads share one database safely.
-            "TEST": {"NAME": str(LOCAL_DIR / "test-db.sqlite3")},
+            # A file, not :memory:, so that test threads share one database safely; one per
+            # test process, so that two test runs never share it.
+            "TEST": {"NAME": str(LOCAL_DIR / f"test-db-{os.getpid()}.sqlite3")},
         }
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

@@ -10,11 +10,22 @@ from django.db.models import Q
 
 from accounts.models import User
 from providers.base import ModelSpec, Provider, ProviderTimeouts
+from providers.bedrock import BedrockProvider
 from providers.demo import DemoProvider
 from providers.models import AIModel
+from providers.openai import (
+    AzureOpenAIProvider,
+    OpenAICompatibleProvider,
+    OpenAIResponsesProvider,
+    resolve_openai_driver,
+)
 
 PROVIDERS: dict[str, type[Provider]] = {
     DemoProvider.name: DemoProvider,
+    BedrockProvider.name: BedrockProvider,
+    OpenAIResponsesProvider.name: OpenAIResponsesProvider,
+    AzureOpenAIProvider.name: AzureOpenAIProvider,
+    OpenAICompatibleProvider.name: OpenAICompatibleProvider,
 }
 
 
@@ -90,7 +101,8 @@ def get_model(key: str) -> ModelSpec:
 def provider_for(spec: ModelSpec, *, timeouts: ProviderTimeouts | None = None) -> Provider:
     """A provider instance for one call to this model. Raises UnknownModel."""
     try:
-        provider_class = PROVIDERS[spec.provider]
+        # OPENAI_DRIVER=azure-openai sends `openai` models to Azure OpenAI.
+        provider_class = PROVIDERS[resolve_openai_driver(spec.provider)]
     except KeyError:
         raise UnknownModel(spec.key) from None
     return provider_class(spec, timeouts=timeouts)
