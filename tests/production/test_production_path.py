@@ -119,3 +119,31 @@ async def test_a_task_delivered_three_times_produces_one_reply(
     await sync_to_async(reply.refresh_from_db)()
     assert reply.status == Message.Status.COMPLETE
     assert reply.content == demo_reply("Once only")
+
+
+@pytest.mark.parametrize("kind", ["bedrock", "openai"])
+async def test_round_trip_with_a_real_provider_double(
+    owner, session_cookie, llm_worker, settings, monkeypatch, tmp_path, kind
+) -> None:
+    from contextlib import ExitStack
+
+    from tests.integration.services import running_service
+
+    with ExitStack() as stack:
+        service = await sync_to_async(stack.enter_context)(
+            running_service(kind, settings, monkeypatch, tmp_path)
+        )
+        comm = await connected(await sync_to_async(session_cookie)(owner))
+        await comm.send_json_to(
+            {"type": "send", "conversation": None, "text": "Through the worker", "model": kind}
+        )
+        frames = await receive_until(comm, is_final, timeout=30)
+        await comm.disconnect()
+
+    assert frames[-1]["type"] == "done", frames
+    deltas = [f for f in frames if f["type"] == "delta"]
+    expected = service.expected_reply("Through the worker")
+    assert "".join(d["text"] for d in deltas) == expected
+    reply = await sync_to_async(Message.objects.get)(public_id=frames[0]["message"])
+    assert reply.content == expected and reply.answered_by == kind
+    assert reply.output_tokens and len(service.model_requests()) == 1
