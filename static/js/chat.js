@@ -65,6 +65,31 @@ function addNote(article, className, text) {
   article.append(note);
 }
 
+function toolLine(tool) {
+  // Collapsed "used tool" line: arguments and result shown as text, never as HTML.
+  const details = document.createElement("details");
+  details.className = "tool-use";
+  if (tool.is_error) details.dataset.error = "true";
+  const summary = document.createElement("summary");
+  summary.textContent = `Used tool: ${tool.name}${tool.is_error ? " (failed)" : ""}`;
+  const body = document.createElement("pre");
+  body.textContent = `${JSON.stringify(tool.arguments, null, 2)}\n\n${tool.result}`;
+  details.append(summary, body);
+  return details;
+}
+
+function renderExtras(article, tools, notice) {
+  article.querySelectorAll(".tool-use, .msg-notice").forEach((node) => node.remove());
+  const body = article.querySelector(".msg-body");
+  for (const tool of tools || []) body.before(toolLine(tool));
+  if (notice) {
+    const line = document.createElement("p");
+    line.className = "msg-notice";
+    line.textContent = notice;
+    body.before(line);
+  }
+}
+
 function scrollToEnd() {
   el.transcript.scrollTop = el.transcript.scrollHeight;
 }
@@ -76,6 +101,7 @@ function renderMessage(message) {
   } else {
     article.querySelector(".msg-body").textContent = message.text || "";
   }
+  if (message.role === "assistant") renderExtras(article, message.tools, message.notice);
   if (message.status === "cancelled") addNote(article, "msg-note", "Stopped.");
   if (message.error) addNote(article, "msg-error", message.error);
   return article;
@@ -184,10 +210,29 @@ const handlers = {
     }
     article.dataset.status = frame.status;
     setHtml(article, frame.html);
+    renderExtras(article, frame.tools, frame.notice);
     if (frame.status === "cancelled") addNote(article, "msg-note", "Stopped.");
     if (state.reply && state.reply.id === frame.message) state.reply = null;
     setBusy(state.reply !== null);
     scrollToEnd();
+  },
+
+  tool(frame) {
+    const article = findBubble(frame.message);
+    if (!article) return;
+    article.querySelector(".msg-body").before(toolLine(frame.tool));
+    scrollToEnd();
+  },
+
+  notice(frame) {
+    const article = findBubble(frame.message);
+    if (!article) return;
+    const tools = [...article.querySelectorAll(".tool-use")];
+    article.querySelectorAll(".msg-notice").forEach((node) => node.remove());
+    const line = document.createElement("p");
+    line.className = "msg-notice";
+    line.textContent = frame.text;
+    (tools.length ? tools[tools.length - 1] : article.querySelector(".msg-body")).before(line);
   },
 
   error(frame) {

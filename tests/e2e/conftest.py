@@ -127,8 +127,8 @@ def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server
 class RestartableServer:
     """An embedded server of its own (own data directory) that a test may restart."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.env = _embedded_env(data_dir)
+    def __init__(self, data_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.env = {**_embedded_env(data_dir), **(extra_env or {})}
         self.port = _free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir / "daphne.log"
@@ -142,6 +142,14 @@ class RestartableServer:
         if self.process is not None:
             _stop(self.process)
             self.process = None
+
+    def manage(self, *args: str) -> str:
+        """Run a management command against this server's database."""
+        result = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, check=True,
+            capture_output=True, text=True,
+        )  # fmt: skip
+        return result.stdout
 
     @property
     def server(self) -> Server:

@@ -165,3 +165,79 @@ def test_reconnects_after_a_server_restart_and_follows_other_tabs(
         raise
     finally:
         context.close()
+
+
+CATALOGUE = """
+from providers.models import AIModel
+demo = AIModel.objects.get(key="demo")
+AIModel.objects.create(key="gpt-test", display_name="GPT test", provider="openai",
+    provider_model_id="gpt-test", available_to_everyone=True, position=1)
+AIModel.objects.create(key="flaky", display_name="Flaky model", provider="openai",
+    provider_model_id="gpt-flaky", available_to_everyone=True, position=2, fallback=demo)
+"""
+
+
+def test_tool_use_and_failover_are_shown(browser: Any, tmp_path: Any) -> None:
+    from playwright.sync_api import expect
+
+    from providers.testing.google_search import GoogleSearchDouble
+    from providers.testing.openai_server import Fault, OpenAIDouble
+    from tests.e2e.conftest import RestartableServer
+
+    with OpenAIDouble() as openai_double, GoogleSearchDouble() as google:
+        server = RestartableServer(
+            tmp_path,
+            {
+                "OPENAI_API_KEY": "sk-e2e",
+                "OPENAI_BASE_URL": openai_double.base_url,
+                "GOOGLE_SEARCH_API_KEY": google.api_key,
+                "GOOGLE_SEARCH_ENGINE_ID": google.engine_id,
+                "GOOGLE_SEARCH_ENDPOINT": google.endpoint,
+                "PROVIDER_RETRY_BASE_SECONDS": "0",
+            },
+        )
+        server.manage("shell", "-c", CATALOGUE)
+        server.start()
+        context = browser.new_context()
+        page = context.new_page()
+        try:
+            log_in(page, server.server)
+            expect(page.locator("#connection-status")).to_have_text("Connected")
+            page.select_option("#model-picker", "gpt-test")
+            expect(page.locator("#demo-notice")).to_be_hidden()
+
+            openai_double.script_tool_call("search_internet", {"query": "quarterly results"})
+            page.fill("#composer-input", "How did the quarter go?")
+            page.press("#composer-input", "Enter")
+            reply = page.locator("article.msg-assistant").first
+            expect(reply).to_have_attribute("data-status", "complete", timeout=20_000)
+            tool = reply.locator("details.tool-use")
+            expect(tool.locator("summary")).to_have_text("Used tool: search_internet")
+            expect(tool).not_to_have_attribute("open", "")
+            tool.locator("summary").click()
+            expect(tool.locator("pre")).to_contain_text(
+                google.results_for("quarterly results", 1)[0]["link"]
+            )
+
+            for _ in range(3):
+                openai_double.inject(Fault.SERVER_ERROR)
+            page.select_option("#model-picker", "flaky")
+            page.fill("#composer-input", "And next quarter?")
+            page.press("#composer-input", "Enter")
+            second = page.locator("article.msg-assistant").nth(1)
+            expect(second).to_have_attribute("data-status", "complete", timeout=20_000)
+            notice = "Answered by Demo model (offline) because Flaky model was unavailable."
+            expect(second.locator(".msg-notice")).to_have_text(notice)
+
+            page.reload()
+            expect(page.locator("article.msg-assistant details.tool-use summary")).to_have_text(
+                "Used tool: search_internet"
+            )
+            expect(page.locator("article.msg-assistant .msg-notice")).to_have_text(notice)
+        except Exception:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "tool-and-failover.png"), full_page=True)
+            raise
+        finally:
+            context.close()
+            server.stop()
