@@ -237,7 +237,6 @@ CSRF_COOKIE_HTTPONLY = True
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", 16_000, min_value=1)
 # Raw WebSocket text frames over this many bytes are refused before JSON parsing.
 CHAT_MAX_FRAME_BYTES = env.int("CHAT_MAX_FRAME_BYTES", 131_072, min_value=1024)
-CHAT_MAX_OUTPUT_TOKENS = env.int("CHAT_MAX_OUTPUT_TOKENS", 1024, min_value=1)
 CHAT_TEMPERATURE = env.float("CHAT_TEMPERATURE", 0.7, min_value=0)
 CHAT_SYSTEM_PROMPT = env.str(
     "CHAT_SYSTEM_PROMPT",
