@@ -207,6 +207,7 @@ def reply_generate(*, reply_id: int) -> None:
     status = Message.Status.COMPLETE
     error_code = error = ""
     turn = Turn(history=[], tools=[], state={})
+    spec: ModelSpec | None = None  # the model answering now (changes on failover)
 
     def stop_requested() -> bool:
         return streams.stop_requested(reply.public_id)
@@ -301,10 +302,10 @@ def reply_generate(*, reply_id: int) -> None:
             tool_events=turn.tool_events,
         ),
     )
-    if finished and status != Message.Status.FAILED and turn.state:
+    if finished and status != Message.Status.FAILED and turn.state and spec is not None:
         services.conversation_state_save(
             conversation=conversation,
-            provider=get_model(turn.answered_by).provider if turn.answered_by else "",
+            provider=spec.provider,
             state=turn.state,
             last_reply=str(reply.public_id),
         )
