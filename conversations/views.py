@@ -24,7 +24,7 @@ def chat(request: HttpRequest, public_id: UUID | None = None) -> HttpResponse:
         except ChatError:
             raise Http404("No such conversation.") from None
     models = models_for_user(user)  # type: ignore[arg-type]
-    default = default_model_for(user)  # type: ignore[arg-type]
+    default = default_model_for(user, models)  # type: ignore[arg-type]
     current_model = default.key if default else ""
     if snapshot and snapshot["messages"]:
         used = snapshot["messages"][-1]["model"]

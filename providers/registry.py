@@ -67,9 +67,13 @@ def models_for_user(user: User) -> list[ModelSpec]:
     return [_spec(row) for row in rows]
 
 
-def default_model_for(user: User) -> ModelSpec | None:
-    """The catalogue's default model if the user may use it, else their first model."""
-    usable = models_for_user(user)
+def default_model_for(user: User, usable: list[ModelSpec] | None = None) -> ModelSpec | None:
+    """The catalogue's default model if the user may use it, else their first model.
+
+    `usable` is `models_for_user(user)` when the caller has it already.
+    """
+    if usable is None:
+        usable = models_for_user(user)
     return next((m for m in usable if m.key == _default_key()), usable[0] if usable else None)
 
 
