@@ -11,12 +11,14 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/enterprise_ai
 TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 PRODUCTION_TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-only-secret-key-not-for-production-use-0123456789 \
+	AUDIT_HMAC_KEY=test-only-audit-checkpoint-key-not-for-production-0123 \
 	ALLOWED_HOSTS=localhost,127.0.0.1 REDIS_KEY_PREFIX=eai-test
 
 # Tests never read the developer's service configuration.
-UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY
+UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY \
+	-u AUDIT_HMAC_KEY -u AUDIT_ANCHOR_S3_BUCKET
 
-.PHONY: venv run worker test test-unit test-production lint format clean
+.PHONY: venv run worker beat test test-unit test-production lint format clean
 
 $(STAMP): requirements/base.txt requirements/prod.txt requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,12 +33,17 @@ run: venv
 	$(BIN)/python manage.py migrate --noinput && \
 	$(BIN)/python manage.py ensure_admin && \
 	echo "Serving on http://$(HOST):$(PORT)/  (Ctrl+C to stop)" && \
-	exec $(BIN)/daphne -b $(HOST) -p $(PORT) enterprise_ai.asgi:application
+	exec $(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 ## A Celery worker for the production path (needs REDIS_URL / CELERY_BROKER_URL).
 worker: venv
 	@set -a; [ ! -f .env ] || . ./.env; set +a; \
 	exec $(BIN)/celery -A enterprise_ai worker -Q llm,default --loglevel=INFO
+
+## Celery beat for the production path: signs audit checkpoints on schedule.
+beat: venv
+	@set -a; [ ! -f .env ] || . ./.env; set +a; mkdir -p .local; \
+	exec $(BIN)/celery -A enterprise_ai beat --loglevel=INFO --schedule .local/celerybeat-schedule
 
 ## Every test: the embedded suite, then the production path (Postgres, Redis, Celery).
 test: test-unit test-production

@@ -1,1 +1,143 @@
-"""Audit models arrive with the audit-trail issue."""
+"""The audit trail: append-only, hash-chained events and signed checkpoints of the chain.
+
+Append-only is enforced three times over: these models refuse update and delete in Python
+(instances and querysets), a PostgreSQL trigger refuses UPDATE and DELETE on the tables
+(migration 0002), and the admin grants no change or delete permission to anyone. Rows are
+written only by `audit.services` (which hashes and chains them); see docs/audit.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+from django.conf import settings
+from django.db import models
+
+from audit.catalogue import AuditAction, AuditOutcome, TargetType
+
+
+class AppendOnlyError(Exception):
+    """Raised on any attempt to change or delete an audit record."""
+
+
+def _refuse(*args: Any, **kwargs: Any) -> NoReturn:
+    raise AppendOnlyError("Audit records are append-only: they cannot be changed or deleted.")
+
+
+class AppendOnlyQuerySet(models.QuerySet):
+    """Reads only. Rows are added by audit.services, never updated or deleted in bulk."""
+
+    update = _refuse
+    delete = _refuse
+    bulk_update = _refuse
+    update_or_create = _refuse
+
+    bulk_create = _refuse
+
+    def _chain_bulk_create(self, objs: list[Any], *, batch_size: int) -> list[Any]:
+        """Insert rows already hashed into the chain (audit.services only)."""
+        return super().bulk_create(objs, batch_size=batch_size)
+
+
+class AppendOnlyModel(models.Model):
+    objects = AppendOnlyQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding or kwargs.get("force_update") or kwargs.get("update_fields"):
+            _refuse()
+        kwargs["force_insert"] = True
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _refuse()
+
+
+class AuditEvent(AppendOnlyModel):
+    """One security-relevant event. `sequence` numbers the chain from 1 without gaps."""
+
+    sequence = models.PositiveBigIntegerField(primary_key=True)
+    occurred_at = models.DateTimeField(db_index=True)
+    # PROTECT: people with audit history are deactivated, never deleted.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,  # covered by the (actor, occurred_at) index
+    )
+    # The actor's e-mail at the time (lower case), kept even if the account changes.
+    actor_email = models.CharField(max_length=254, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    # A keyed hash of the session key: links events of one session, never reveals the key.
+    session_hash = models.CharField(max_length=64, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=64, choices=AuditAction.choices)
+    target_type = models.CharField(max_length=32, choices=TargetType.choices, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    outcome = models.CharField(
+        max_length=16, choices=AuditOutcome.choices, default=AuditOutcome.SUCCESS
+    )
+    details = models.JSONField(default=dict, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["-sequence"]
+        indexes = [
+            models.Index(fields=["action", "-occurred_at"], name="audit_action_time_idx"),
+            models.Index(fields=["actor", "-occurred_at"], name="audit_actor_time_idx"),
+            models.Index(fields=["target_type", "target_id"], name="audit_target_idx"),
+            models.Index(fields=["actor_email"], name="audit_actor_email_idx"),
+            models.Index(fields=["ip"], name="audit_ip_idx"),
+            models.Index(fields=["request_id"], name="audit_request_idx"),
+        ]
+        permissions = [
+            ("export_auditevent", "Can export audit events"),
+            ("verify_auditevent", "Can verify the audit chain"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.action} ({self.outcome})"
+
+
+class AuditCheckpoint(AppendOnlyModel):
+    """A signed statement "at `signed_at` the chain ended at `sequence` with `head_hash`".
+
+    The HMAC key is not in the database, so whoever can rewrite the table cannot forge a
+    checkpoint without also holding the key. A checkpoint is written on schedule even when
+    no event happened; sequence 0 with an all-zero hash means an empty chain.
+    """
+
+    signed_at = models.DateTimeField(db_index=True)
+    sequence = models.PositiveBigIntegerField()
+    head_hash = models.CharField(max_length=64)
+    key_id = models.CharField(max_length=16, help_text="Which HMAC key signed it.")
+    signature = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["sequence"], name="audit_checkpoint_seq_idx")]
+
+    def __str__(self) -> str:
+        return f"Checkpoint at #{self.sequence} ({self.signed_at:%Y-%m-%d %H:%M:%S})"
+
+
+class AuditAnchor(AppendOnlyModel):
+    """Where a checkpoint was copied outside the database (S3 with Object Lock)."""
+
+    checkpoint = models.OneToOneField(
+        AuditCheckpoint, on_delete=models.PROTECT, related_name="anchor"
+    )
+    anchored_at = models.DateTimeField()
+    bucket = models.CharField(max_length=255)
+    key = models.CharField(max_length=1024)
+    version_id = models.CharField(max_length=1024, blank=True)
+    retain_until = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"

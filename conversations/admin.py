@@ -1,7 +1,8 @@
-"""Conversations in the admin: viewable, never editable.
+"""Conversations in the console: read-only transcripts for compliance review.
 
-Transcripts are records. Nobody changes or deletes them from the admin, superusers
-included; the compliance console (audit issue) builds on these read-only views.
+Nobody changes or deletes transcripts here, superusers included. Opening a conversation
+shows its review page — the transcript beside its audit events — and opening it is itself
+recorded in the audit trail. A message's page leads to its conversation's review page.
 """
 
 from __future__ import annotations
@@ -9,9 +10,20 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import admin
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
 
+from audit.catalogue import AuditAction, TargetType
+from audit.legal_hold import legal_hold_actions
+from audit.models import AuditEvent
+from audit.services import audit_record
 from conversations.models import Conversation, Message
+from conversations.services import conversation_legal_hold_set
+
+REVIEW_EVENTS_MAX = 500
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -25,30 +37,63 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
-class MessageInline(admin.TabularInline):
-    model = Message
-    fields = ("created_at", "role", "status", "model", "content", "output_tokens", "error")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    show_change_link = True
-    ordering = ("id",)
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Conversation)
 class ConversationAdmin(ReadOnlyAdmin):
-    list_display = ("title", "owner", "model", "created_at", "updated_at")
+    list_display = ("title", "owner", "model", "legal_hold", "created_at", "updated_at")
     list_select_related = ("owner",)
-    list_filter = ("model",)
-    search_fields = ("title", "owner__username", "owner__email", "public_id")
+    list_filter = ("legal_hold", "model")
+    search_fields = ("=public_id", "owner__email", "title")
     date_hierarchy = "updated_at"
-    inlines = (MessageInline,)
+    actions = legal_hold_actions(conversation_legal_hold_set, target_kwarg="conversation")
+
+    def has_legal_hold_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("conversations.manage_legal_hold")
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        """The review page: transcript and audit events side by side (opening it is audited)."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        conversation = (
+            Conversation.objects.select_related("owner").filter(pk=object_id).first()
+            if object_id.isdigit()
+            else None
+        )
+        if conversation is None:
+            raise Http404("No such conversation.")
+        transcript = list(conversation.messages.order_by("id"))
+        with transaction.atomic():
+            audit_record(
+                action=AuditAction.CONVERSATION_VIEWED,
+                target=conversation,
+                details={"messages": len(transcript), "owner": str(conversation.owner.public_id)},
+            )
+        events = list(
+            AuditEvent.objects.filter(
+                target_type=TargetType.CONVERSATION, target_id=str(conversation.public_id)
+            )
+            .select_related("actor")
+            .order_by("-sequence")[:REVIEW_EVENTS_MAX]
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Review: {conversation}",
+            "opts": self.model._meta,
+            "conversation": conversation,
+            "transcript": transcript,
+            "events": events,
+            "events_max": REVIEW_EVENTS_MAX,
+            "all_events_url": reverse("admin:audit_auditevent_changelist")
+            + f"?target_type=conversation&target_id={conversation.public_id}",
+            "can_view_audit": request.user.has_perm("audit.view_auditevent"),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/conversations/conversation/review.html", context)
 
 
 @admin.register(Message)
@@ -56,4 +101,24 @@ class MessageAdmin(ReadOnlyAdmin):
     list_display = ("public_id", "conversation", "role", "status", "model", "created_at")
     list_filter = ("role", "status", "model")
     list_select_related = ("conversation",)
-    search_fields = ("public_id", "conversation__public_id")
+    search_fields = ("=public_id", "=conversation__public_id", "=request_id")
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        # Message text is read only on the (audited) review page of its conversation.
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        message = (
+            Message.objects.filter(pk=object_id).only("conversation_id", "public_id").first()
+            if object_id.isdigit()
+            else None
+        )
+        if message is None:
+            raise Http404("No such message.")
+        url = reverse("admin:conversations_conversation_change", args=[message.conversation_id])
+        return HttpResponseRedirect(f"{url}#message-{message.public_id}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,9 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from audit import context as audit_context
+from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.services import audit_record
 from conversations import selectors, services, streams
 from conversations.errors import ChatError
 from providers.registry import default_model_for
@@ -39,17 +43,41 @@ def _parse_uuid(value: object, field: str) -> uuid.UUID:
 class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         user = self.scope.get("user")
+        self.connection_id = audit_context.new_request_id()
+        self.opened_at = time.monotonic()
         if user is None or not user.is_authenticated or not user.is_active:
-            # Seam: the audit issue records the refusal (with its reason) here.
+            reason = "not_signed_in" if user is None or not user.is_authenticated else "inactive"
+            await self.audit(AuditAction.WS_REFUSED, AuditOutcome.DENIED, reason=reason)
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
         self.user = user
         self.subscriptions: set[str] = set()
         await self.accept()
+        await self.audit(AuditAction.WS_CONNECT, AuditOutcome.SUCCESS)
 
     async def disconnect(self, code: int) -> None:
         for group in getattr(self, "subscriptions", set()):
             await self.channel_layer.group_discard(group, self.channel_name)
+        if hasattr(self, "user"):
+            await self.audit(
+                AuditAction.WS_DISCONNECT,
+                AuditOutcome.SUCCESS,
+                code=code,
+                seconds_open=round(time.monotonic() - self.opened_at, 1),
+            )
+
+    def frame_context(self) -> audit_context.AuditContext:
+        """Who and where, for the audit events a frame causes; a fresh request id per frame."""
+        return audit_context.from_scope(self.scope)
+
+    async def audit(self, action: AuditAction, outcome: AuditOutcome, **details: Any) -> None:
+        await database_sync_to_async(audit_record)(
+            action=action,
+            target=(TargetType.SOCKET, self.connection_id),
+            outcome=outcome,
+            details={"path": self.scope.get("path", "")[:200], **details},
+            context=audit_context.from_scope(self.scope, request_id=self.connection_id),
+        )
 
     # --- Frames from the browser ------------------------------------------------------------
 
@@ -86,7 +114,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("unknown_type", "Unknown frame type; see the protocol.")
             return
         try:
-            await handler(content)
+            with audit_context.bind(self.frame_context()):
+                await handler(content)
         except ChatError as exc:
             await self.send_error(exc.code, exc.reason)
         except Exception as exc:

@@ -21,11 +21,22 @@ class Conversation(models.Model):
     provider_state = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set and released by compliance officers only (audited); retention must skip it.
+    legal_hold = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="Under legal hold: this conversation must be kept whatever the retention "
+        "rules say.",
+    )
+    legal_hold_since = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [
             # "My conversations, newest first."
             models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx"),
+        ]
+        permissions = [
+            ("manage_legal_hold", "Can place and release legal holds on conversations"),
         ]
 
     def __str__(self) -> str:
@@ -68,6 +79,8 @@ class Message(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error = models.TextField(blank=True, help_text="Shown to the user; never a stack trace.")
+    # The request that asked for this message; ties it to its audit events (and charges).
+    request_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

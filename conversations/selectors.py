@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from accounts.models import User
+from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.services import audit_record
 from conversations import streams
 from conversations.errors import not_found
 from conversations.models import Conversation, Message
@@ -26,9 +28,20 @@ def conversation_list(*, user: User, limit: int | None = None) -> list[Conversat
 
 
 def conversation_get_owned(*, user: User, public_id: UUID) -> Conversation:
-    """The conversation if `user` owns it. Raises ChatError("not_found") otherwise."""
+    """The conversation if `user` owns it. Raises ChatError("not_found") otherwise.
+
+    A refusal is recorded in the audit trail: probing for other people's conversations is
+    exactly what a compliance officer needs to see.
+    """
     conversation = Conversation.objects.filter(public_id=public_id, owner=user).first()
     if conversation is None:
+        audit_record(
+            action=AuditAction.CONVERSATION_ACCESS_DENIED,
+            actor=user,
+            target=(TargetType.CONVERSATION, public_id),
+            outcome=AuditOutcome.DENIED,
+            details={"reason": "not_owner"},
+        )
         raise not_found()
     return conversation
 

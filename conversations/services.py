@@ -15,10 +15,15 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from accounts.models import User
+from audit import context as audit_context
+from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.services import audit_record
 from conversations import streams
 from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
@@ -64,20 +69,47 @@ def _validate_text(text: object) -> str:
     return text
 
 
+def _fail_interrupted(replies: QuerySet[Message]) -> None:
+    """Fail replies whose worker evidently died, recording each failure in the audit trail."""
+    for reply in replies.select_related("conversation__owner"):
+        failed = Message.objects.filter(pk=reply.pk, status=reply.status).update(
+            status=Message.Status.FAILED,
+            error_code="interrupted",
+            error=INTERRUPTED,
+            completed_at=timezone.now(),
+        )
+        if failed:
+            reply.status = Message.Status.FAILED
+            reply.error_code = "interrupted"
+            _audit_reply_end(reply)
+
+
 def _expire_stale_reply(conversation: Conversation) -> None:
     """Fail an in-flight reply whose worker has evidently died, so the chat is not stuck."""
     cutoff = timezone.now() - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS)
-    Message.objects.filter(
-        conversation=conversation, status__in=Message.IN_FLIGHT, created_at__lt=cutoff
-    ).update(
-        status=Message.Status.FAILED,
-        error_code="interrupted",
-        error=INTERRUPTED,
-        completed_at=timezone.now(),
+    _fail_interrupted(
+        Message.objects.filter(
+            conversation=conversation, status__in=Message.IN_FLIGHT, created_at__lt=cutoff
+        )
     )
 
 
-@transaction.atomic
+def conversation_access_denied(
+    *, actor: User, conversation_id: object, reason: str = "not_owner"
+) -> None:
+    """Record that the current actor asked for a conversation that is not theirs (or none).
+
+    Called after the refused request's transaction, so the record survives its rollback.
+    """
+    audit_record(
+        action=AuditAction.CONVERSATION_ACCESS_DENIED,
+        actor=actor,
+        target=(TargetType.CONVERSATION, conversation_id),
+        outcome=AuditOutcome.DENIED,
+        details={"reason": reason},
+    )
+
+
 def message_send(
     *,
     actor: User,
@@ -91,7 +123,8 @@ def message_send(
     Give `conversation_id` to continue a conversation the actor owns, or
     `new_conversation_id` (chosen by the caller so it can subscribe first) to start one.
     Raises ChatError: invalid / too_large (text), model_unavailable, not_found (not the
-    actor's conversation), busy (a reply is still being generated). Nothing is stored then.
+    actor's conversation), busy (a reply is still being generated). Nothing is stored then,
+    except the audit event of a refused model or conversation.
     """
     text = _validate_text(text)
     if not isinstance(model_key, str):
@@ -99,6 +132,12 @@ def message_send(
     try:
         model = model_for_user(model_key, actor)
     except UnknownModel:
+        audit_record(
+            action=AuditAction.MODEL_REFUSED,
+            actor=actor,
+            outcome=AuditOutcome.DENIED,
+            details={"model": model_key[:100]},
+        )
         raise ChatError("model_unavailable", "That model is not available to you.") from None
 
     budget = input_budget(
@@ -115,6 +154,30 @@ def message_send(
 
     # Seam: the guardrails issue screens `text` here; the costs issue reserves budget here.
 
+    try:
+        return _message_store(
+            actor=actor,
+            text=text,
+            model=model,
+            conversation_id=conversation_id,
+            new_conversation_id=new_conversation_id,
+        )
+    except ChatError as exc:
+        if exc.code == "not_found":
+            conversation_access_denied(actor=actor, conversation_id=conversation_id)
+        raise
+
+
+@transaction.atomic
+def _message_store(
+    *,
+    actor: User,
+    text: str,
+    model: Any,
+    conversation_id: UUID | None,
+    new_conversation_id: UUID | None,
+) -> SendResult:
+    request_id = audit_context.current().request_id or audit_context.new_request_id()
     created = conversation_id is None
     if conversation_id is None:
         conversation = Conversation.objects.create(
@@ -130,8 +193,7 @@ def message_send(
             .first()
         )
         if owned is None:
-            # Seam: the audit issue records "permission denied on a conversation" here.
-            raise not_found()
+            raise not_found()  # audited by message_send, after this transaction rolls back
         conversation = owned
         _expire_stale_reply(conversation)
         conversation.model = model.key
@@ -143,6 +205,7 @@ def message_send(
         content=text,
         status=Message.Status.COMPLETE,
         model=model.key,
+        request_id=request_id,
     )
     try:
         with transaction.atomic():
@@ -151,13 +214,25 @@ def message_send(
                 role=Message.Role.ASSISTANT,
                 status=Message.Status.PENDING,
                 model=model.key,
+                request_id=request_id,
             )
     except IntegrityError:
         raise ChatError(
             "busy", "A reply is still being written in this conversation. Wait or stop it."
         ) from None
 
-    # Seam: the audit issue records "message sent" here, in this transaction.
+    audit_record(
+        action=AuditAction.MESSAGE_SENT,
+        actor=actor,
+        target=conversation,
+        details={
+            "message": str(user_message.public_id),
+            "reply": str(reply.public_id),
+            "model": model.key,
+            "characters": len(text),
+            "new_conversation": created,
+        },
+    )
     # Imported here: the task module imports this one (tasks → generation → services).
     from conversations.tasks import generate_reply
 
@@ -167,7 +242,6 @@ def message_send(
     )
 
 
-@transaction.atomic
 def reply_stop(*, actor: User, message_id: UUID) -> Message:
     """Ask for a reply to stop. Raises ChatError("not_found") unless the actor owns it.
 
@@ -184,7 +258,20 @@ def reply_stop(*, actor: User, message_id: UUID) -> Message:
         .first()
     )
     if reply is None:
+        audit_record(
+            action=AuditAction.CONVERSATION_ACCESS_DENIED,
+            actor=actor,
+            target=(TargetType.MESSAGE, message_id),
+            outcome=AuditOutcome.DENIED,
+            details={"reason": "not_owner", "operation": "stop"},
+        )
         raise ChatError("not_found", "That reply does not exist or is not yours.")
+    with transaction.atomic():
+        _reply_stop(reply)
+    return reply
+
+
+def _reply_stop(reply: Message) -> None:
     if reply.status == Message.Status.STREAMING:
         streams.stop_request(reply.public_id)
     elif reply.status == Message.Status.PENDING:
@@ -194,12 +281,12 @@ def reply_stop(*, actor: User, message_id: UUID) -> Message:
         )
         if cancelled:
             reply.refresh_from_db()
+            _audit_reply_end(reply)
             transaction.on_commit(partial(_broadcast_done, reply))
         else:
             # The worker claimed it a moment ago: stop it like any streaming reply.
             streams.stop_request(reply.public_id)
-    # Seam: the audit issue records "reply cancelled" where the worker settles it.
-    return reply
+    # A streaming reply's cancellation is recorded by its worker when it settles.
 
 
 def reply_claim(*, reply_id: int) -> Message | None:
@@ -214,16 +301,14 @@ def reply_claim(*, reply_id: int) -> Message | None:
         status=Message.Status.STREAMING, started_at=now
     )
     if not claimed:
-        Message.objects.filter(
-            pk=reply_id,
-            status=Message.Status.STREAMING,
-            started_at__lt=now - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS),
-        ).update(
-            status=Message.Status.FAILED,
-            error_code="interrupted",
-            error=INTERRUPTED,
-            completed_at=now,
-        )
+        with transaction.atomic():
+            _fail_interrupted(
+                Message.objects.filter(
+                    pk=reply_id,
+                    status=Message.Status.STREAMING,
+                    started_at__lt=now - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS),
+                )
+            )
         return None
     return Message.objects.select_related("conversation").get(pk=reply_id)
 
@@ -275,18 +360,54 @@ def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
         updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
             **fields
         )
-        # Seam: the costs issue settles the ledger and the audit issue records the reply's
-        # outcome here, in this transaction.
+        if updated:
+            for name, value in fields.items():
+                setattr(reply, name, value)
+            # Seam: the costs issue settles the ledger here, in this transaction.
+            _audit_reply_end(reply)
     if not updated:
         return False
-    for name, value in fields.items():
-        setattr(reply, name, value)
     streams.stream_forget(reply.public_id)
     if outcome.status == Message.Status.FAILED:
         _broadcast_error(reply)
     else:
         _broadcast_done(reply)
     return True
+
+
+_REPLY_ACTIONS = {
+    Message.Status.COMPLETE: (AuditAction.REPLY_COMPLETED, AuditOutcome.SUCCESS),
+    Message.Status.FAILED: (AuditAction.REPLY_FAILED, AuditOutcome.FAILED),
+    Message.Status.CANCELLED: (AuditAction.REPLY_CANCELLED, AuditOutcome.SUCCESS),
+}
+
+
+def _audit_reply_end(reply: Message) -> None:
+    """Record how a reply ended: model, tokens and timings, never its text."""
+    action, outcome = _REPLY_ACTIONS[Message.Status(reply.status)]
+    conversation = reply.conversation
+    ctx = audit_context.current()
+    if not ctx.request_id:  # a worker: the request that asked for the reply
+        ctx = audit_context.AuditContext(actor=conversation.owner, request_id=reply.request_id)
+    audit_record(
+        action=action,
+        actor=conversation.owner,
+        target=conversation,
+        outcome=outcome,
+        details={
+            "reply": str(reply.public_id),
+            "model": reply.model,
+            "answered_by": reply.answered_by,
+            "input_tokens": reply.input_tokens,
+            "output_tokens": reply.output_tokens,
+            "duration_ms": reply.duration_ms,
+            "time_to_first_token_ms": reply.time_to_first_token_ms,
+            "stop_reason": reply.stop_reason,
+            "error_code": reply.error_code,
+            "tool_calls": len(reply.tool_events or []),
+        },
+        context=ctx,
+    )
 
 
 def _broadcast_done(reply: Message) -> None:
@@ -339,3 +460,30 @@ def _broadcast_error(reply: Message) -> None:
             "reason": reply.error,
         },
     )
+
+
+@transaction.atomic
+def conversation_legal_hold_set(
+    *, actor: User, conversation: Conversation, held: bool, reason: str
+) -> bool:
+    """Place (`held=True`) or release a legal hold on a conversation; audited with the reason.
+
+    Returns False when it already was in that state (nothing recorded). Raises
+    PermissionDenied unless the actor may manage legal holds (compliance officers).
+    """
+    if not actor.has_perm("conversations.manage_legal_hold"):
+        raise PermissionDenied
+    locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+    if locked.legal_hold == held:
+        return False
+    # update(): a hold must not touch updated_at, which orders the owner's conversation list.
+    since = timezone.now() if held else None
+    Conversation.objects.filter(pk=locked.pk).update(legal_hold=held, legal_hold_since=since)
+    conversation.legal_hold, conversation.legal_hold_since = held, since
+    audit_record(
+        action=AuditAction.LEGAL_HOLD_SET if held else AuditAction.LEGAL_HOLD_RELEASED,
+        actor=actor,
+        target=locked,
+        details={"reason": reason[:500]},
+    )
+    return True

@@ -1,7 +1,8 @@
 """ASGI entry point: HTTP goes to Django, WebSockets to the chat consumer.
 
 WebSocket connections must come from an allowed host's page (Origin header checked against
-ALLOWED_HOSTS; a missing Origin is refused) and carry the user's session.
+ALLOWED_HOSTS; a missing Origin is refused, and every refusal is audited) and carry the
+user's session.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from audit.websocket import allowed_hosts_origin_validator  # noqa: E402
 from conversations.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
+        "websocket": allowed_hosts_origin_validator(
             AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
         ),
     }

@@ -70,7 +70,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # Django's admin as the compliance console: role-based access, every change audited.
+    "enterprise_ai.apps.ConsoleAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -93,6 +94,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Request id, and who/where for every audit event the request records.
+    "audit.middleware.AuditContextMiddleware",
     # Every page needs a logged-in user unless its view is marked @login_not_required.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -307,6 +310,55 @@ PROVIDER_RETRY_BASE_SECONDS = env.float("PROVIDER_RETRY_BASE_SECONDS", 0.5, min_
 PROVIDER_RETRY_MAX_SECONDS = env.float("PROVIDER_RETRY_MAX_SECONDS", 20, min_value=0)
 CIRCUIT_FAILURE_THRESHOLD = env.int("CIRCUIT_FAILURE_THRESHOLD", 5, min_value=1)
 CIRCUIT_RESET_SECONDS = env.float("CIRCUIT_RESET_SECONDS", 30, min_value=0.1)
+
+# --- Audit trail (docs/audit.md) ------------------------------------------------------------
+
+
+def _embedded_audit_key() -> str:
+    """The embedded mode's checkpoint key: a file beside the database, never in it."""
+    key_file = LOCAL_DIR / "audit_hmac_key"
+    if not key_file.exists():
+        LOCAL_DIR.mkdir(parents=True, exist_ok=True)
+        key_file.touch(mode=0o600)
+        key_file.write_text(secrets.token_urlsafe(48), encoding="utf-8")
+    return key_file.read_text(encoding="utf-8").strip()
+
+
+# Signs audit checkpoints. Kept out of the database on purpose: whoever can rewrite the
+# audit table must not also be able to forge checkpoints.
+if env.is_set("AUDIT_HMAC_KEY"):
+    AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY")
+elif EMBEDDED:
+    AUDIT_HMAC_KEY = _embedded_audit_key()
+else:
+    raise ImproperlyConfigured(
+        "AUDIT_HMAC_KEY (or AUDIT_HMAC_KEY_FILE) is required when DATABASE_URL, REDIS_URL or "
+        "CELERY_BROKER_URL is set. Generate one with: "
+        "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    )
+if len(AUDIT_HMAC_KEY) < 32:
+    raise ImproperlyConfigured("AUDIT_HMAC_KEY must be at least 32 characters long.")
+# Retired keys, still accepted when verifying checkpoints they signed (comma-separated).
+AUDIT_HMAC_PREVIOUS_KEYS = env.list("AUDIT_HMAC_PREVIOUS_KEYS")
+AUDIT_CHECKPOINT_INTERVAL_SECONDS = env.int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300, min_value=10)
+# Optional outside anchor: checkpoints copied to an S3 bucket with Object Lock enabled.
+AUDIT_ANCHOR_S3_BUCKET = env.str("AUDIT_ANCHOR_S3_BUCKET")
+AUDIT_ANCHOR_S3_PREFIX = env.str("AUDIT_ANCHOR_S3_PREFIX", "audit-checkpoints/")
+AUDIT_ANCHOR_S3_REGION = env.str("AUDIT_ANCHOR_S3_REGION") or env.str("AWS_REGION")
+AUDIT_ANCHOR_S3_ENDPOINT_URL = env.str("AUDIT_ANCHOR_S3_ENDPOINT_URL")
+AUDIT_ANCHOR_RETENTION_DAYS = env.int("AUDIT_ANCHOR_RETENTION_DAYS", 2557, min_value=1)
+AUDIT_ANCHOR_LOCK_MODE = env.str("AUDIT_ANCHOR_LOCK_MODE", "COMPLIANCE")
+if AUDIT_ANCHOR_LOCK_MODE not in {"COMPLIANCE", "GOVERNANCE"}:
+    raise ImproperlyConfigured("AUDIT_ANCHOR_LOCK_MODE must be COMPLIANCE or GOVERNANCE.")
+# Rows the audit list counts before it says "more than N" instead of counting them all.
+AUDIT_LIST_COUNT_LIMIT = env.int("AUDIT_LIST_COUNT_LIMIT", 10_000, min_value=100)
+
+CELERY_BEAT_SCHEDULE = {
+    "audit-checkpoint": {
+        "task": "audit.tasks.audit_checkpoint",
+        "schedule": float(AUDIT_CHECKPOINT_INTERVAL_SECONDS),
+    },
+}
 
 # --- Static files, i18n -------------------------------------------------------------------
 

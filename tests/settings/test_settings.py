@@ -39,8 +39,11 @@ SERVICE_VARIABLES = {
     "SECRET_KEY",
     "ALLOWED_HOSTS",
     "DEBUG",
+    "AUDIT_HMAC_KEY",
+    "AUDIT_ANCHOR_S3_BUCKET",
 }
 PRODUCTION_KEY = "k" * 50
+AUDIT_KEY = "a" * 48
 
 
 def load(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
@@ -97,6 +100,7 @@ def test_production_path_with_postgres_and_redis(tmp_path: Path) -> None:
         DATABASE_URL="postgres://app@db.internal:5432/eai",
         REDIS_URL="redis://cache.internal:6379/0",
         SECRET_KEY=PRODUCTION_KEY,
+        AUDIT_HMAC_KEY=AUDIT_KEY,
         ALLOWED_HOSTS="ai.example.com",
     )
     assert s["embedded"] is False
@@ -113,6 +117,7 @@ def test_rabbitmq_broker_with_redis_layer(tmp_path: Path) -> None:
         CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:5672//",
         REDIS_URL="redis://127.0.0.1:6379/0",
         SECRET_KEY=PRODUCTION_KEY,
+        AUDIT_HMAC_KEY=AUDIT_KEY,
         ALLOWED_HOSTS="ai.example.com",
     )
     assert s["broker"].startswith("amqp://") and s["dispatch"] == "celery"
@@ -148,9 +153,34 @@ def test_secret_key_from_a_file(tmp_path: Path) -> None:
         tmp_path,
         DATABASE_URL="postgres://app@db/eai",
         SECRET_KEY_FILE=str(secret),
+        AUDIT_HMAC_KEY=AUDIT_KEY,
         ALLOWED_HOSTS="x",
     )
     assert s["secret_key"] == PRODUCTION_KEY
+
+
+def test_production_refuses_to_start_without_an_audit_key(tmp_path: Path) -> None:
+    error = failure_of(
+        tmp_path,
+        DATABASE_URL="postgres://app@db/eai",
+        SECRET_KEY=PRODUCTION_KEY,
+        ALLOWED_HOSTS="ai.example.com",
+    )
+    assert "AUDIT_HMAC_KEY" in error and "required" in error
+    assert not (tmp_path / "local" / "audit_hmac_key").exists()
+
+
+def test_embedded_audit_key_is_generated_once_into_a_private_file(tmp_path: Path) -> None:
+    settings_of(tmp_path)
+    key_file = tmp_path / "local" / "audit_hmac_key"
+    first = key_file.read_text()
+    assert len(first) >= 48 and stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    settings_of(tmp_path)
+    assert key_file.read_text() == first
+
+
+def test_a_short_audit_key_is_refused(tmp_path: Path) -> None:
+    assert "AUDIT_HMAC_KEY must be at least 32" in failure_of(tmp_path, AUDIT_HMAC_KEY="short")
 
 
 def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:

@@ -1,0 +1,31 @@
+"""manage.py serve — the web server (daphne), plus the in-process scheduler when embedded.
+
+`make run` uses it. On the production path it only serves; Celery beat runs the schedule.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daphne.cli import CommandLineInterface
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+from enterprise_ai import scheduler
+
+
+class Command(BaseCommand):
+    help = "Serve the ASGI application with daphne (and run periodic tasks when embedded)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", default="8000")
+
+    def handle(self, *args: Any, host: str, port: str, **options: Any) -> None:
+        if settings.TASK_DISPATCH == "thread":
+            scheduler.start()
+            self.stdout.write(
+                "Periodic tasks (audit checkpoints) run in this process every "
+                f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s."
+            )
+        CommandLineInterface().run(["-b", host, "-p", str(port), "enterprise_ai.asgi:application"])

@@ -1,0 +1,88 @@
+"""The three roles, as groups with permissions. Created by a data migration (0003_roles).
+
+* **Staff** — everyone who chats. No console access.
+* **Compliance officer** — reads the audit trail, transcripts (each opening audited),
+  people and models; exports and verifies the audit trail; places and releases legal holds.
+  Changes nothing else.
+* **Administrator** — manages people, groups and the model catalogue; unlocks locked-out
+  accounts; reads the audit trail. Cannot read transcripts, export the audit trail or alter
+  it (nobody can alter it).
+
+Console access is the `accounts.access_console` permission, not the `is_staff` flag.
+Superusers keep every permission except those the audit trail refuses to everyone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STAFF = "Staff"
+COMPLIANCE_OFFICER = "Compliance officer"
+ADMINISTRATOR = "Administrator"
+
+ROLES: dict[str, tuple[str, ...]] = {
+    STAFF: (),
+    COMPLIANCE_OFFICER: (
+        "accounts.access_console",
+        "accounts.view_user",
+        "accounts.manage_legal_hold",
+        "auth.view_group",
+        "conversations.view_conversation",
+        "conversations.view_message",
+        "conversations.manage_legal_hold",
+        "providers.view_aimodel",
+        "audit.view_auditevent",
+        "audit.export_auditevent",
+        "audit.verify_auditevent",
+        "audit.view_auditcheckpoint",
+        "audit.view_auditanchor",
+        "admin.view_logentry",
+    ),
+    ADMINISTRATOR: (
+        "accounts.access_console",
+        "accounts.view_user",
+        "accounts.add_user",
+        "accounts.change_user",
+        "auth.view_group",
+        "auth.add_group",
+        "auth.change_group",
+        "auth.delete_group",
+        "providers.view_aimodel",
+        "providers.add_aimodel",
+        "providers.change_aimodel",
+        "providers.delete_aimodel",
+        "audit.view_auditevent",
+        "audit.view_auditcheckpoint",
+        "admin.view_logentry",
+        "axes.view_accessattempt",
+        "axes.delete_accessattempt",
+        "axes.view_accessfailurelog",
+        "axes.view_accesslog",
+    ),
+}
+
+
+def roles_sync(apps: Any) -> None:
+    """Create the role groups and give each exactly its permissions (idempotent).
+
+    `apps` is a migration's app registry or `django.apps.apps`.
+    """
+    from django.contrib.auth.management import create_permissions
+
+    # Permissions are normally created after migrations run; the roles need them now.
+    for app_config in apps.get_app_configs():
+        app_config.models_module = True
+        create_permissions(app_config, apps=apps, verbosity=0)
+        app_config.models_module = None
+
+    group_model = apps.get_model("auth", "Group")
+    permission_model = apps.get_model("auth", "Permission")
+    for name, codes in ROLES.items():
+        group, _ = group_model.objects.get_or_create(name=name)
+        permissions = []
+        for code in codes:
+            app_label, codename = code.split(".")
+            permissions.append(
+                permission_model.objects.get(content_type__app_label=app_label, codename=codename)
+            )
+        group.permissions.set(permissions)

@@ -1,0 +1,62 @@
+"""The audit event catalogue: every action the trail records, with what it means.
+
+docs/audit.md renders the same catalogue for compliance officers; a test keeps the two in
+step. Adding an event: add it here with its description, call `audit_record(...)` from the
+service that causes it (in the same transaction), add it to docs/audit.md, and test it.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class AuditAction(models.TextChoices):
+    # Sign-in and sessions
+    LOGIN = "auth.login", "Signed in"
+    LOGIN_FAILED = "auth.login_failed", "Sign-in failed"
+    LOCKOUT = "auth.lockout", "Locked out after repeated failures"
+    LOGOUT = "auth.logout", "Signed out"
+    PASSWORD_CHANGED = "auth.password_changed", "Password changed"
+    # Chat socket
+    WS_CONNECT = "ws.connect", "Chat socket opened"
+    WS_REFUSED = "ws.refused", "Chat socket refused"
+    WS_DISCONNECT = "ws.disconnect", "Chat socket closed"
+    # Conversations
+    MESSAGE_SENT = "message.sent", "Message sent"
+    REPLY_COMPLETED = "reply.completed", "Reply completed"
+    REPLY_FAILED = "reply.failed", "Reply failed"
+    REPLY_CANCELLED = "reply.cancelled", "Reply cancelled"
+    MODEL_REFUSED = "model.refused", "Model refused"
+    CONVERSATION_ACCESS_DENIED = "conversation.access_denied", "Conversation access denied"
+    CONVERSATION_VIEWED = "conversation.viewed", "Conversation reviewed in the console"
+    # Administration (mirrors Django's admin log)
+    ADMIN_ADD = "admin.add", "Added in the console"
+    ADMIN_CHANGE = "admin.change", "Changed in the console"
+    ADMIN_DELETE = "admin.delete", "Deleted in the console"
+    # Compliance
+    LEGAL_HOLD_SET = "legal_hold.set", "Legal hold placed"
+    LEGAL_HOLD_RELEASED = "legal_hold.released", "Legal hold released"
+    AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
+    CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
+    # Later features record through the same hook: add their actions here.
+    TOOL_REFUSED = "tool.refused", "Tool call refused"
+
+
+class AuditOutcome(models.TextChoices):
+    SUCCESS = "success", "Success"
+    DENIED = "denied", "Denied"
+    FAILED = "failed", "Failed"
+
+
+class TargetType(models.TextChoices):
+    """What an event is about. The target id is the object's public id (or pk for admin)."""
+
+    USER = "user", "User"
+    CONVERSATION = "conversation", "Conversation"
+    MESSAGE = "message", "Message"
+    MODEL = "aimodel", "AI model"
+    GROUP = "group", "Group"
+    AUDIT_EVENT = "auditevent", "Audit event"
+    AUDIT_TRAIL = "audit_trail", "Audit trail"
+    SOCKET = "socket", "Chat socket"
+    OTHER = "other", "Other"
