@@ -95,6 +95,32 @@ def outsider(db: None) -> Any:
     return _make_user("charlie")
 
 
+def _make_role_member(username: str, role: str) -> Any:
+    from django.contrib.auth.models import Group
+
+    user = _make_user(username)
+    user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def compliance_officer(db: None) -> Any:
+    """dana, in the Compliance officer role (accounts/roles.py)."""
+    return _make_role_member("dana", "Compliance officer")
+
+
+@pytest.fixture
+def administrator(db: None) -> Any:
+    """erin, in the Administrator role (accounts/roles.py)."""
+    return _make_role_member("erin", "Administrator")
+
+
+@pytest.fixture
+def staff_member(db: None) -> Any:
+    """frank, in the Staff role: chats, no console."""
+    return _make_role_member("frank", "Staff")
+
+
 # --- The demo model ---------------------------------------------------------------------------
 
 
@@ -141,7 +167,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(autouse=True)
 def _seeded_catalogue(request: pytest.FixtureRequest) -> None:
-    """Keep the migration-seeded demo model for every test with database access.
+    """Keep the migration-seeded demo model and role groups for every test with a database.
 
     Transactional tests empty the tables afterwards, data migrations' rows included.
     """
@@ -151,8 +177,14 @@ def _seeded_catalogue(request: pytest.FixtureRequest) -> None:
         return
     transactional = "transactional_db" in names or bool(marker and marker.kwargs.get("transaction"))
     request.getfixturevalue("transactional_db" if transactional else "db")
+    from django.apps import apps
+    from django.contrib.auth.models import Group
+
+    from accounts.roles import ROLES, roles_sync
     from providers.models import AIModel
 
+    if Group.objects.filter(name__in=ROLES).count() != len(ROLES):
+        roles_sync(apps)
     AIModel.objects.get_or_create(
         key="demo",
         defaults={

@@ -16,7 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.handlers.asgi import ASGIRequest
 from django.core.paginator import Paginator
 from django.db import transaction
@@ -127,8 +127,8 @@ def _target_url(target_type: str, target_id: str) -> str | None:
             return reverse("admin:auth_group_change", args=[target_id])
         if target_type == TargetType.AUDIT_EVENT:
             return reverse("admin:audit_auditevent_change", args=[target_id])
-    except (ValueError, NoReverseMatch):
-        return None
+    except (ValueError, ValidationError, NoReverseMatch):
+        return None  # an id that is not (or no longer) an object's: no link
     return None
 
 

@@ -43,7 +43,15 @@ def _embedded_env(data_dir: Path) -> dict[str, str]:
         key: value
         for key, value in os.environ.items()
         if key
-        not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "SECRET_KEY", "ALLOWED_HOSTS"}
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "CELERY_BROKER_URL",
+            "SECRET_KEY",
+            "ALLOWED_HOSTS",
+            "AUDIT_HMAC_KEY",
+            "AUDIT_ANCHOR_S3_BUCKET",
+        }
     }
     env.update(
         DJANGO_SETTINGS_MODULE="enterprise_ai.settings",
@@ -71,16 +79,8 @@ def _prepare(env: dict[str, str]) -> None:
 def _start_daphne(env: dict[str, str], port: int, log_path: Path) -> subprocess.Popen[bytes]:
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "enterprise_ai.asgi:application",
-            ],
+            # Exactly what `make run` serves with: daphne plus the in-process scheduler.
+            [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=log,

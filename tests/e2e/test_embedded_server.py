@@ -109,3 +109,24 @@ async def test_socket_from_a_foreign_origin_is_refused(embedded_server: Server) 
         ):
             pass
     assert "403" in str(refused.value)
+
+
+def test_served_process_signs_audit_checkpoints_and_the_trail_verifies(tmp_path: Any) -> None:
+    """`make run`'s process signs checkpoints on schedule, with no Celery beat."""
+    from tests.e2e.conftest import RestartableServer
+
+    server = RestartableServer(tmp_path, {"AUDIT_CHECKPOINT_INTERVAL_SECONDS": "10"})
+    server.start()
+    try:
+        login(server.server)  # at least one event in the chain
+        deadline = time.monotonic() + 40
+        while True:
+            report = server.manage("verify_audit_chain")
+            checkpoints = int(re.search(r"(\d+) checkpoints", report)[1])  # type: ignore[index]
+            if checkpoints >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+    finally:
+        server.stop()
+    assert report.startswith("OK: the chain verifies"), report
+    assert checkpoints >= 1, "no checkpoint was signed by the serving process"
