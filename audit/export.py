@@ -21,23 +21,8 @@ from audit import chain
 from audit.models import AuditEvent
 
 PAGE_SIZE = 2000
-COLUMNS = (
-    "sequence",
-    "occurred_at",
-    "actor_id",
-    "actor_email",
-    "ip",
-    "user_agent",
-    "session_hash",
-    "request_id",
-    "action",
-    "target_type",
-    "target_id",
-    "outcome",
-    "details",
-    "prev_hash",
-    "hash",
-)
+# Every field the hash covers, in the chain's order, then the hash itself.
+COLUMNS = (*chain.HASHED_FIELDS, "hash")
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 # Spreadsheet programs run cells that start with these as formulas (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

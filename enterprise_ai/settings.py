@@ -37,20 +37,23 @@ EMBEDDED = not (DATABASE_URL or REDIS_URL or CELERY_BROKER_URL)
 DEBUG = env.bool("DEBUG", False)
 
 
-def _embedded_secret_key() -> str:
-    """Read the embedded mode's secret key, generating it on first run (git-ignored)."""
-    key_file = LOCAL_DIR / "secret_key"
+def _embedded_key(name: str, nbytes: int) -> str:
+    """Read a key of the embedded mode from `.local/<name>`, generating it on first run.
+
+    The file is private (0600) and git-ignored; nothing is generated on the production path.
+    """
+    key_file = LOCAL_DIR / name
     if not key_file.exists():
         LOCAL_DIR.mkdir(parents=True, exist_ok=True)
         key_file.touch(mode=0o600)
-        key_file.write_text(secrets.token_urlsafe(50), encoding="utf-8")
+        key_file.write_text(secrets.token_urlsafe(nbytes), encoding="utf-8")
     return key_file.read_text(encoding="utf-8").strip()
 
 
 if env.is_set("SECRET_KEY"):
     SECRET_KEY = env.str("SECRET_KEY")
 elif EMBEDDED:
-    SECRET_KEY = _embedded_secret_key()
+    SECRET_KEY = _embedded_key("secret_key", 50)
 else:
     raise ImproperlyConfigured(
         "SECRET_KEY (or SECRET_KEY_FILE) is required when DATABASE_URL, REDIS_URL or "
@@ -314,22 +317,12 @@ CIRCUIT_RESET_SECONDS = env.float("CIRCUIT_RESET_SECONDS", 30, min_value=0.1)
 # --- Audit trail (docs/audit.md) ------------------------------------------------------------
 
 
-def _embedded_audit_key() -> str:
-    """The embedded mode's checkpoint key: a file beside the database, never in it."""
-    key_file = LOCAL_DIR / "audit_hmac_key"
-    if not key_file.exists():
-        LOCAL_DIR.mkdir(parents=True, exist_ok=True)
-        key_file.touch(mode=0o600)
-        key_file.write_text(secrets.token_urlsafe(48), encoding="utf-8")
-    return key_file.read_text(encoding="utf-8").strip()
-
-
 # Signs audit checkpoints. Kept out of the database on purpose: whoever can rewrite the
 # audit table must not also be able to forge checkpoints.
 if env.is_set("AUDIT_HMAC_KEY"):
     AUDIT_HMAC_KEY = env.str("AUDIT_HMAC_KEY")
 elif EMBEDDED:
-    AUDIT_HMAC_KEY = _embedded_audit_key()
+    AUDIT_HMAC_KEY = _embedded_key("audit_hmac_key", 48)  # beside the database, never in it
 else:
     raise ImproperlyConfigured(
         "AUDIT_HMAC_KEY (or AUDIT_HMAC_KEY_FILE) is required when DATABASE_URL, REDIS_URL or "

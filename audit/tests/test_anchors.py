@@ -19,19 +19,16 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from django.core.management import call_command
-from django.db import connection
 from moto.server import ThreadedMotoServer
 
-from audit import chain
 from audit.catalogue import AuditAction
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
 from audit.services import (
-    EventSpec,
     anchor_key,
-    audit_record_batch,
     checkpoint_create,
     checkpoint_document,
 )
+from audit.testing import forge_from, seed_events
 from audit.verify import verify_chain
 
 pytestmark = pytest.mark.django_db
@@ -85,68 +82,16 @@ def s3(s3_server: str, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return client
 
 
-def seed(count: int) -> None:
-    audit_record_batch(
-        EventSpec(
-            action=AuditAction.MESSAGE_SENT,
-            ip="10.0.0.7",
-            request_id=f"req-{n:06d}",
-            target_type="conversation",
-            target_id=f"c-{n}",
-            details={"n": n, "model": "demo"},
-        )
-        for n in range(count)
-    )
-
-
-def raw(sql: str, params: list[Any]) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-
-
 def bucket_keys(s3: Any, bucket: str) -> list[str]:
     listing = s3.list_objects_v2(Bucket=bucket)
     return [item["Key"] for item in listing.get("Contents", [])]
-
-
-def forge_with_the_key(sequence: int, details: dict[str, Any]) -> None:
-    """What someone holding the database and the HMAC key can do: rewrite one event,
-    recompute every later hash, and re-sign every checkpoint after it."""
-    prev_hash = AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else None
-    for event in AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence"):
-        fields = {name: getattr(event, name) for name in chain.HASHED_FIELDS}
-        if event.sequence == sequence:
-            fields["details"] = details
-        if prev_hash is not None:
-            fields["prev_hash"] = prev_hash
-        new_hash = chain.event_hash(fields)
-        raw(
-            "UPDATE audit_auditevent SET details = %s, prev_hash = %s, hash = %s "
-            "WHERE sequence = %s",
-            [json.dumps(fields["details"]), fields["prev_hash"], new_hash, event.sequence],
-        )
-        prev_hash = new_hash
-    key = chain.signing_key()
-    for checkpoint in AuditCheckpoint.objects.filter(sequence__gte=sequence):
-        head_hash = AuditEvent.objects.get(sequence=checkpoint.sequence).hash
-        signature = chain.checkpoint_signature(
-            key,
-            sequence=checkpoint.sequence,
-            head_hash=head_hash,
-            signed_at=checkpoint.signed_at,
-            kid=checkpoint.key_id,
-        )
-        raw(
-            "UPDATE audit_auditcheckpoint SET head_hash = %s, signature = %s WHERE id = %s",
-            [head_hash, signature, checkpoint.pk],
-        )
 
 
 # --- Writing the anchor ------------------------------------------------------------------------
 
 
 def test_a_checkpoint_is_anchored_in_s3_under_compliance_lock(s3, settings) -> None:
-    seed(3)
+    seed_events(3)
     before = datetime.now(UTC)
     checkpoint = checkpoint_create()
     after = datetime.now(UTC)
@@ -175,7 +120,7 @@ def test_a_checkpoint_is_anchored_in_s3_under_compliance_lock(s3, settings) -> N
 
 
 def test_an_anchored_checkpoint_cannot_be_deleted(s3) -> None:
-    seed(2)
+    seed_events(2)
     checkpoint = checkpoint_create()
     anchor = AuditAnchor.objects.get(checkpoint=checkpoint)
 
@@ -199,9 +144,9 @@ def test_an_anchored_checkpoint_cannot_be_deleted(s3) -> None:
 
 
 def test_an_intact_chain_verifies_against_its_anchors(s3) -> None:
-    seed(5)
+    seed_events(5)
     checkpoint_create()
-    seed(5)
+    seed_events(5)
     checkpoint_create()
     assert AuditAnchor.objects.count() == 2
 
@@ -221,12 +166,12 @@ def test_an_intact_chain_verifies_against_its_anchors(s3) -> None:
 
 
 def test_a_rewrite_by_the_key_holder_is_caught_only_by_the_anchors(s3) -> None:
-    seed(5)
+    seed_events(5)
     checkpoint_create()
-    seed(5)
+    seed_events(5)
     checkpoint_create()
     original = AuditEvent.objects.get(sequence=7).hash
-    forge_with_the_key(7, {"n": "forged"})
+    forge_from(7, {"n": "forged"}, resign=True)
     assert AuditEvent.objects.get(sequence=7).hash != original
 
     # The database alone is consistent: hashes chain and every checkpoint signature holds.
@@ -252,7 +197,7 @@ def test_a_rewrite_by_the_key_holder_is_caught_only_by_the_anchors(s3) -> None:
 def test_checkpoints_are_kept_while_s3_is_down_and_anchored_when_it_is_back(
     s3, s3_server, closed_endpoint, settings, caplog
 ) -> None:
-    seed(3)
+    seed_events(3)
     settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = closed_endpoint
     with caplog.at_level("WARNING", logger="audit.services"):
         first = checkpoint_create()
@@ -262,7 +207,7 @@ def test_checkpoints_are_kept_while_s3_is_down_and_anchored_when_it_is_back(
     assert "testing" not in caplog.text  # no credentials in the log
     assert bucket_keys(s3, settings.AUDIT_ANCHOR_S3_BUCKET) == []
 
-    seed(2)
+    seed_events(2)
     settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = s3_server
     second = checkpoint_create()
 
@@ -282,7 +227,7 @@ def test_checkpoints_are_kept_while_s3_is_down_and_anchored_when_it_is_back(
 def test_verify_with_anchors_exits_two_when_s3_is_unreachable(
     s3, closed_endpoint, settings
 ) -> None:
-    seed(3)
+    seed_events(3)
     checkpoint_create()
     assert AuditAnchor.objects.count() == 1
     settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = closed_endpoint

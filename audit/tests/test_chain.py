@@ -6,7 +6,6 @@ tampering on PostgreSQL, with its trigger, is in tests/production/test_audit_pos
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -19,30 +18,11 @@ from django.utils import timezone
 from audit import chain
 from audit.catalogue import AuditAction, AuditOutcome
 from audit.models import AppendOnlyError, AuditCheckpoint, AuditEvent
-from audit.services import EventSpec, audit_record, audit_record_batch, checkpoint_create
+from audit.services import audit_record, checkpoint_create
+from audit.testing import forge_from, raw_sql, seed_events
 from audit.verify import verify_chain
 
 pytestmark = pytest.mark.django_db
-
-
-def seed(count: int, actor: Any = None) -> None:
-    audit_record_batch(
-        EventSpec(
-            action=AuditAction.MESSAGE_SENT,
-            actor=actor,
-            ip="10.0.0.7",
-            request_id=f"req-{n:06d}",
-            target_type="conversation",
-            target_id=f"c-{n}",
-            details={"n": n, "model": "demo"},
-        )
-        for n in range(count)
-    )
-
-
-def raw(sql: str, params: list[Any] | None = None) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params or [])
 
 
 def fields_of(sequence: int) -> dict[str, Any]:
@@ -140,7 +120,7 @@ def test_a_checkpoint_is_written_even_when_nothing_happened() -> None:
 
 
 def test_a_checkpoint_signs_the_head_with_the_key_from_the_environment(owner, settings) -> None:
-    seed(3, owner)
+    seed_events(3, owner)
     checkpoint = checkpoint_create()
     assert checkpoint.sequence == 3
     assert checkpoint.head_hash == AuditEvent.objects.get(sequence=3).hash
@@ -155,7 +135,7 @@ def test_a_checkpoint_signs_the_head_with_the_key_from_the_environment(owner, se
 
 
 def test_checkpoints_signed_with_a_retired_key_still_verify(owner, settings) -> None:
-    seed(2, owner)
+    seed_events(2, owner)
     old_key = settings.AUDIT_HMAC_KEY
     checkpoint_create()
     settings.AUDIT_HMAC_KEY = "a-brand-new-checkpoint-key-after-rotation-0001"
@@ -170,9 +150,11 @@ def test_checkpoints_signed_with_a_retired_key_still_verify(owner, settings) -> 
 
 
 def test_a_forged_checkpoint_signature_is_caught(owner) -> None:
-    seed(4, owner)
+    seed_events(4, owner)
     checkpoint = checkpoint_create()
-    raw("UPDATE audit_auditcheckpoint SET signature = %s WHERE id = %s", ["0" * 64, checkpoint.pk])
+    raw_sql(
+        "UPDATE audit_auditcheckpoint SET signature = %s WHERE id = %s", ["0" * 64, checkpoint.pk]
+    )
     report = verify_chain()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.sequence) == ("checkpoint_signature", 4)
@@ -182,17 +164,17 @@ def test_a_forged_checkpoint_signature_is_caught(owner) -> None:
 
 
 def test_an_intact_chain_verifies(owner) -> None:
-    seed(50, owner)
+    seed_events(50, owner)
     checkpoint_create()
-    seed(10, owner)
+    seed_events(10, owner)
     report = verify_chain()
     assert report.ok, report.summary()
     assert (report.events_checked, report.last_sequence, report.checkpoints_checked) == (60, 60, 1)
 
 
 def test_changed_details_are_caught_at_their_sequence(owner) -> None:
-    seed(20, owner)
-    raw("UPDATE audit_auditevent SET details = %s WHERE sequence = 7", ['{"n": 999}'])
+    seed_events(20, owner)
+    raw_sql("UPDATE audit_auditevent SET details = %s WHERE sequence = 7", ['{"n": 999}'])
     report = verify_chain()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.sequence) == ("hash_mismatch", 7)
@@ -200,53 +182,29 @@ def test_changed_details_are_caught_at_their_sequence(owner) -> None:
 
 
 def test_a_row_deleted_from_the_middle_is_caught_as_a_gap(owner) -> None:
-    seed(20, owner)
-    raw("DELETE FROM audit_auditevent WHERE sequence = 11")
+    seed_events(20, owner)
+    raw_sql("DELETE FROM audit_auditevent WHERE sequence = 11")
     report = verify_chain()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.sequence) == ("gap", 11)
 
 
 def test_rows_deleted_after_a_checkpoint_are_caught_as_truncation(owner) -> None:
-    seed(20, owner)
+    seed_events(20, owner)
     checkpoint_create()
-    raw("DELETE FROM audit_auditevent WHERE sequence > 17")
+    raw_sql("DELETE FROM audit_auditevent WHERE sequence > 17")
     report = verify_chain()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.sequence) == ("truncated", 18)
     assert "#20" in report.problem.message and "#17" in report.problem.message
 
 
-def rewrite_from(sequence: int, details: dict[str, Any]) -> None:
-    """Change one event and recompute its hash and every later one: a consistent forgery."""
-    rows = list(AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence"))
-    prev_hash = AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else None
-    for event in rows:
-        fields = {name: getattr(event, name) for name in chain.HASHED_FIELDS}
-        if event.sequence == sequence:
-            fields["details"] = details
-        if prev_hash is not None:
-            fields["prev_hash"] = prev_hash
-        new_hash = chain.event_hash(fields)
-        raw(
-            "UPDATE audit_auditevent SET details = %s, prev_hash = %s, hash = %s "
-            "WHERE sequence = %s",
-            [
-                json.dumps(fields["details"]),
-                fields["prev_hash"],
-                new_hash,
-                event.sequence,
-            ],
-        )
-        prev_hash = new_hash
-
-
 def test_a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint(owner) -> None:
-    seed(10, owner)
+    seed_events(10, owner)
     checkpoint_create()
-    seed(10, owner)
+    seed_events(10, owner)
     checkpoint_create()
-    rewrite_from(5, {"n": "forged"})
+    forge_from(5, {"n": "forged"})
     # The forged chain is self-consistent: only the signed checkpoint gives it away.
     report = verify_chain()
     assert report.problem is not None
@@ -255,13 +213,13 @@ def test_a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint(
 
 
 def test_verify_command_exits_non_zero_and_names_the_sequence(owner) -> None:
-    seed(12, owner)
+    seed_events(12, owner)
     out, err = StringIO(), StringIO()
     call_command("verify_audit_chain", stdout=out, stderr=err)
     assert "OK" in out.getvalue()
 
-    raw("UPDATE audit_auditevent SET outcome = 'success' WHERE sequence = 9")
-    raw("UPDATE audit_auditevent SET action = 'auth.logout' WHERE sequence = 9")
+    raw_sql("UPDATE audit_auditevent SET outcome = 'success' WHERE sequence = 9")
+    raw_sql("UPDATE audit_auditevent SET action = 'auth.logout' WHERE sequence = 9")
     with pytest.raises(SystemExit) as exit_info:
         call_command("verify_audit_chain", stdout=out, stderr=err)
     assert exit_info.value.code == 1
@@ -274,7 +232,7 @@ def test_verify_command_exits_non_zero_and_names_the_sequence(owner) -> None:
 
 
 def test_checkpoint_command_prints_the_signed_head(owner) -> None:
-    seed(3, owner)
+    seed_events(3, owner)
     out = StringIO()
     call_command("audit_checkpoint", stdout=out)
     assert "head #3" in out.getvalue()
@@ -285,7 +243,7 @@ def test_verification_reads_in_pages_not_all_at_once(owner, monkeypatch) -> None
     from audit import verify
 
     monkeypatch.setattr(verify, "PAGE_SIZE", 7)
-    seed(30, owner)
+    seed_events(30, owner)
     checkpoint_create()
     queries: list[str] = []
 

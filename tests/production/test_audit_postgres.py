@@ -8,7 +8,6 @@ audit/tests/test_chain.py.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
@@ -22,10 +21,10 @@ from django.db import DatabaseError, connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from audit import chain
 from audit.catalogue import AuditAction, AuditOutcome
 from audit.models import AppendOnlyError, AuditAnchor, AuditCheckpoint, AuditEvent
-from audit.services import EventSpec, audit_record, audit_record_batch, checkpoint_create
+from audit.services import audit_record, checkpoint_create
+from audit.testing import forge_from, raw_sql, seed_events
 from audit.verify import verify_chain
 
 pytestmark = [pytest.mark.production, pytest.mark.django_db(transaction=True)]
@@ -38,26 +37,6 @@ EVENTS_PER_WRITER = 4
 def _no_s3_anchor(settings: Any) -> None:
     """These tests are about the database: checkpoints stay in it."""
     settings.AUDIT_ANCHOR_S3_BUCKET = ""
-
-
-def seed(count: int, actor: Any = None) -> None:
-    audit_record_batch(
-        EventSpec(
-            action=AuditAction.MESSAGE_SENT,
-            actor=actor,
-            ip="10.0.0.7",
-            request_id=f"req-{n:06d}",
-            target_type="conversation",
-            target_id=f"c-{n}",
-            details={"n": n, "model": "demo"},
-        )
-        for n in range(count)
-    )
-
-
-def raw(sql: str, params: list[Any] | None = None) -> None:
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params or [])
 
 
 def trigger_state(name: str) -> str:
@@ -74,31 +53,12 @@ def trigger_state(name: str) -> str:
 def unguarded_events() -> Iterator[None]:
     """The event table with its append-only trigger disabled, restored whatever happens."""
     assert trigger_state("audit_auditevent_append_only") == "O"
-    raw("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_auditevent_append_only")
+    raw_sql("ALTER TABLE audit_auditevent DISABLE TRIGGER audit_auditevent_append_only")
     try:
         yield
     finally:
-        raw("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_auditevent_append_only")
+        raw_sql("ALTER TABLE audit_auditevent ENABLE TRIGGER audit_auditevent_append_only")
     assert trigger_state("audit_auditevent_append_only") == "O"
-
-
-def rewrite_from(sequence: int, details: dict[str, Any]) -> None:
-    """Change one event and recompute its hash and every later one: a consistent forgery."""
-    rows = list(AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence"))
-    prev_hash = AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else None
-    for event in rows:
-        fields = {name: getattr(event, name) for name in chain.HASHED_FIELDS}
-        if event.sequence == sequence:
-            fields["details"] = details
-        if prev_hash is not None:
-            fields["prev_hash"] = prev_hash
-        new_hash = chain.event_hash(fields)
-        raw(
-            "UPDATE audit_auditevent SET details = %s::jsonb, prev_hash = %s, hash = %s "
-            "WHERE sequence = %s",
-            [json.dumps(fields["details"]), fields["prev_hash"], new_hash, event.sequence],
-        )
-        prev_hash = new_hash
 
 
 # --- Append-only -----------------------------------------------------------------------------
@@ -148,7 +108,7 @@ def test_the_trigger_refuses_raw_update_and_delete(table: str) -> None:
 
     for operation, sql in statements.items():
         with pytest.raises(DatabaseError) as refused:
-            raw(sql, [pk])
+            raw_sql(sql, [pk])
         assert isinstance(refused.value.__cause__, psycopg.errors.InsufficientPrivilege)
         assert f"append-only: {operation} on {table} refused" in str(refused.value)
 
@@ -247,8 +207,8 @@ def test_concurrent_writers_never_fork_the_chain() -> None:
 
 
 def test_changed_details_are_caught_at_their_sequence(owner, unguarded_events) -> None:
-    seed(10, owner)
-    raw("UPDATE audit_auditevent SET details = %s::jsonb WHERE sequence = 4", ['{"n": 999}'])
+    seed_events(10, owner)
+    raw_sql("UPDATE audit_auditevent SET details = %s::jsonb WHERE sequence = 4", ['{"n": 999}'])
     report = verify_chain()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.sequence) == ("hash_mismatch", 4)
@@ -256,8 +216,8 @@ def test_changed_details_are_caught_at_their_sequence(owner, unguarded_events) -
 
 
 def test_a_row_deleted_from_the_middle_is_caught_as_a_gap(owner, unguarded_events) -> None:
-    seed(10, owner)
-    raw("DELETE FROM audit_auditevent WHERE sequence = 5")
+    seed_events(10, owner)
+    raw_sql("DELETE FROM audit_auditevent WHERE sequence = 5")
     report = verify_chain()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.sequence) == ("gap", 5)
@@ -265,9 +225,9 @@ def test_a_row_deleted_from_the_middle_is_caught_as_a_gap(owner, unguarded_event
 
 
 def test_rows_deleted_after_a_checkpoint_are_caught_as_truncation(owner, unguarded_events) -> None:
-    seed(10, owner)
+    seed_events(10, owner)
     checkpoint_create()
-    raw("DELETE FROM audit_auditevent WHERE sequence > 8")
+    raw_sql("DELETE FROM audit_auditevent WHERE sequence > 8")
     report = verify_chain()
     assert report.problem is not None
     assert (report.problem.kind, report.problem.sequence) == ("truncated", 9)
@@ -277,12 +237,12 @@ def test_rows_deleted_after_a_checkpoint_are_caught_as_truncation(owner, unguard
 def test_a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint(
     owner, unguarded_events
 ) -> None:
-    seed(6, owner)
+    seed_events(6, owner)
     checkpoint_create()
-    seed(4, owner)
+    seed_events(4, owner)
     checkpoint_create()
     original = AuditEvent.objects.get(sequence=8).hash
-    rewrite_from(8, {"n": "forged"})
+    forge_from(8, {"n": "forged"})
     assert AuditEvent.objects.get(sequence=8).hash != original
     # The forged chain is self-consistent: only the signed checkpoint gives it away.
     report = verify_chain()
@@ -293,9 +253,9 @@ def test_a_rewrite_with_every_later_hash_recomputed_is_caught_by_the_checkpoint(
 
 
 def test_verify_command_on_an_intact_chain_exits_zero(owner) -> None:
-    seed(5, owner)
+    seed_events(5, owner)
     checkpoint_create()
-    seed(2, owner)
+    seed_events(2, owner)
     out, err = StringIO(), StringIO()
     call_command("verify_audit_chain", stdout=out, stderr=err)
     assert out.getvalue().startswith("OK")
@@ -308,8 +268,8 @@ def test_verify_command_on_an_intact_chain_exits_zero(owner) -> None:
 def test_verify_command_on_a_tampered_chain_exits_one_naming_the_sequence(
     owner, unguarded_events
 ) -> None:
-    seed(10, owner)
-    raw("UPDATE audit_auditevent SET details = %s::jsonb WHERE sequence = 6", ['{"n": 0}'])
+    seed_events(10, owner)
+    raw_sql("UPDATE audit_auditevent SET details = %s::jsonb WHERE sequence = 6", ['{"n": 0}'])
     out, err = StringIO(), StringIO()
     with pytest.raises(SystemExit) as exit_info:
         call_command("verify_audit_chain", stdout=out, stderr=err)
