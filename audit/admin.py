@@ -144,7 +144,9 @@ class AuditEventAdmin(ReadOnlyAuditAdmin):
     date_hierarchy = "occurred_at"
     search_fields = ("actor_email",)  # see get_search_results
     search_help_text = "An e-mail address, IP address, target id or request id (exact match)."
-    ordering = ("-sequence",)
+    # Newest first by time, so the (action, time) and (actor, time) indexes serve filter and
+    # order together; sequence breaks ties.
+    ordering = ("-occurred_at", "-sequence")
     show_full_result_count = False
     paginator = CappedCountPaginator
     list_per_page = 100

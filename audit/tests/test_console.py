@@ -390,3 +390,33 @@ def test_only_compliance_officers_manage_legal_holds(administrator, owner) -> No
         .context["adminform"]
         .form.fields
     )
+
+
+def test_date_drill_down_needs_no_distinct_scan(compliance_officer, monkeypatch) -> None:
+    from datetime import UTC, datetime
+
+    from audit import services
+    from audit.templatetags.audit_console import audit_date_hierarchy
+
+    moments = [
+        datetime(2025, 3, 10, tzinfo=UTC),
+        datetime(2026, 1, 5, tzinfo=UTC),
+        datetime(2026, 2, 20, 12, tzinfo=UTC),
+    ]
+    for moment in moments:
+        monkeypatch.setattr(services.timezone, "now", lambda moment=moment: moment)
+        audit_record(action=AuditAction.LOGOUT, actor=None)
+    monkeypatch.undo()
+    client = client_for(compliance_officer)
+
+    def choices(query: str) -> list[str]:
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(EVENTS + "?action=auth.logout" + query)
+        assert response.status_code == 200
+        assert not [q for q in queries.captured_queries if "DISTINCT" in q["sql"].upper()]
+        hierarchy = audit_date_hierarchy(response.context["cl"])
+        return [str(choice["title"]) for choice in hierarchy["choices"]]
+
+    assert choices("") == ["2025", "2026"]
+    assert choices("&occurred_at__year=2026") == ["January 2026", "February 2026"]
+    assert choices("&occurred_at__year=2026&occurred_at__month=2") == ["February 20"]
