@@ -18,7 +18,7 @@ PRODUCTION_TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_
 UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY \
 	-u AUDIT_HMAC_KEY -u AUDIT_ANCHOR_S3_BUCKET
 
-.PHONY: venv run worker beat test test-unit test-production lint format clean
+.PHONY: venv run worker beat test test-unit test-production bench lint format clean
 
 $(STAMP): requirements/base.txt requirements/prod.txt requirements/dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ test-unit: venv
 
 test-production: venv
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python -m pytest -m production
+
+## Audit benchmark on the local PostgreSQL, results in bench/results/ (BENCH_AUDIT_EVENTS=20000: quick).
+bench: venv
+	$(UNSET_SERVICES) $(BIN)/python -m bench.audit_bench
 
 lint: venv
 	$(BIN)/ruff format --check .

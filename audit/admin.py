@@ -48,7 +48,8 @@ class CappedCountPaginator(Paginator):
     def count(self) -> int:
         limit = settings.AUDIT_LIST_COUNT_LIMIT
         # SELECT COUNT(*) FROM (SELECT ... LIMIT limit + 1): never a full-table count.
-        return int(self.object_list[: limit + 1].count())  # type: ignore[attr-defined]
+        # No ORDER BY inside the subquery: the count does not need it.
+        return int(self.object_list.order_by()[: limit + 1].count())  # type: ignore[attr-defined]
 
 
 class ReadOnlyAuditAdmin(admin.ModelAdmin):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
 from audit import context as audit_context
@@ -13,15 +14,19 @@ from audit import context as audit_context
 class AuditContextMiddleware:
     """Binds the request as the audit context; echoes the request id in X-Request-ID.
 
-    A well-formed X-Request-ID from the proxy in front is kept, so its logs and the audit
-    trail share one id; otherwise a new one is made.
+    With AUDIT_TRUST_REQUEST_ID_HEADER (set it only behind a proxy that sets or strips the
+    header), a well-formed X-Request-ID is kept so the proxy's logs and the audit trail share
+    one id; otherwise every request gets a new one, so clients cannot choose their ids.
     """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request_id = audit_context.request_id_from(request.headers.get("X-Request-ID"))
+        given = (
+            request.headers.get("X-Request-ID") if settings.AUDIT_TRUST_REQUEST_ID_HEADER else None
+        )
+        request_id = audit_context.request_id_from(given)
         request.request_id = request_id  # type: ignore[attr-defined]
         with audit_context.bind_request(request):
             response: Any = self.get_response(request)

@@ -343,6 +343,8 @@ AUDIT_ANCHOR_RETENTION_DAYS = env.int("AUDIT_ANCHOR_RETENTION_DAYS", 2557, min_v
 AUDIT_ANCHOR_LOCK_MODE = env.str("AUDIT_ANCHOR_LOCK_MODE", "COMPLIANCE")
 if AUDIT_ANCHOR_LOCK_MODE not in {"COMPLIANCE", "GOVERNANCE"}:
     raise ImproperlyConfigured("AUDIT_ANCHOR_LOCK_MODE must be COMPLIANCE or GOVERNANCE.")
+# Keep a proxy's X-Request-ID (only behind a proxy that sets or strips it).
+AUDIT_TRUST_REQUEST_ID_HEADER = env.bool("AUDIT_TRUST_REQUEST_ID_HEADER", False)
 # Rows the audit list counts before it says "more than N" instead of counting them all.
 AUDIT_LIST_COUNT_LIMIT = env.int("AUDIT_LIST_COUNT_LIMIT", 10_000, min_value=100)
 

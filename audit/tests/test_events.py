@@ -53,10 +53,14 @@ def test_login_is_recorded_with_ip_user_agent_session_and_request_id(owner) -> N
 
 
 @pytest.mark.django_db
-def test_a_proxys_request_id_is_kept(owner) -> None:
+def test_a_clients_request_id_is_ignored_unless_a_proxy_is_trusted(owner, settings) -> None:
     client = Client(HTTP_X_REQUEST_ID="edge-4f1c2a9b")
     client.post(reverse("login"), {"username": "alice", "password": PASSWORD})
-    assert only(AuditAction.LOGIN).request_id == "edge-4f1c2a9b"
+    assert only(AuditAction.LOGIN).request_id != "edge-4f1c2a9b"
+
+    settings.AUDIT_TRUST_REQUEST_ID_HEADER = True
+    client.post(reverse("logout"))
+    assert only(AuditAction.LOGOUT).request_id == "edge-4f1c2a9b"
 
 
 @pytest.mark.django_db

@@ -1,0 +1,1 @@
+"""Benchmarks of Enterprise AI (not tests: nothing here asserts on timings)."""
