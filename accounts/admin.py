@@ -20,7 +20,6 @@ from django.http import HttpRequest
 
 from accounts.models import User
 from accounts.roles import ADMINISTRATOR, COMPLIANCE_OFFICER, ROLES
-from accounts.services import user_legal_hold_set
 from audit.legal_hold import legal_hold_actions
 
 PROTECTED_ROLES = (COMPLIANCE_OFFICER, ADMINISTRATOR)
@@ -51,7 +50,7 @@ class UserAdmin(DjangoUserAdmin):
         ("Dates", {"fields": ("last_login", "date_joined")}),
         ("Compliance", {"fields": ("legal_hold", "legal_hold_since", "public_id")}),
     )
-    actions = legal_hold_actions(user_legal_hold_set, target_kwarg="user")
+    actions = legal_hold_actions()
 
     def has_legal_hold_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.manage_legal_hold")

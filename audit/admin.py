@@ -33,6 +33,7 @@ from django.views.decorators.http import require_http_methods
 
 from audit import anchors, export
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.console import ReadOnlyModelAdmin
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
 from audit.services import audit_chain_verify, audit_record
 
@@ -50,17 +51,6 @@ class CappedCountPaginator(Paginator):
         # SELECT COUNT(*) FROM (SELECT ... LIMIT limit + 1): never a full-table count.
         # No ORDER BY inside the subquery: the count does not need it.
         return int(self.object_list.order_by()[: limit + 1].count())  # type: ignore[attr-defined]
-
-
-class ReadOnlyAuditAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class ActorFilter(admin.SimpleListFilter):
@@ -135,7 +125,7 @@ def _target_url(target_type: str, target_id: str) -> str | None:
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(ReadOnlyAuditAdmin):
+class AuditEventAdmin(ReadOnlyModelAdmin):
     list_display = (
         "sequence", "occurred_at", "action", "outcome", "actor_column", "ip",
         "target_type", "target_id",
@@ -338,7 +328,7 @@ def _verify_page(request: HttpRequest, model_admin: AuditEventAdmin) -> HttpResp
 
 
 @admin.register(AuditCheckpoint)
-class AuditCheckpointAdmin(ReadOnlyAuditAdmin):
+class AuditCheckpointAdmin(ReadOnlyModelAdmin):
     list_display = ("id", "signed_at", "sequence", "head_hash", "key_id", "anchored")
     list_select_related = ("anchor",)
     date_hierarchy = "signed_at"
@@ -352,7 +342,7 @@ class AuditCheckpointAdmin(ReadOnlyAuditAdmin):
 
 
 @admin.register(AuditAnchor)
-class AuditAnchorAdmin(ReadOnlyAuditAdmin):
+class AuditAnchorAdmin(ReadOnlyModelAdmin):
     list_display = ("checkpoint", "anchored_at", "bucket", "key", "retain_until")
     list_select_related = ("checkpoint",)
     actions = None

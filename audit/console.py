@@ -73,6 +73,19 @@ class AuditedAdminMixin:
             return super().response_action(request, queryset)  # type: ignore[misc]
 
 
+class ReadOnlyModelAdmin(admin.ModelAdmin):
+    """Records that nobody — superusers included — adds, changes or deletes in the console."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 class ConsoleSite(admin.AdminSite):
     site_header = "Enterprise AI console"
     site_title = "Enterprise AI console"

@@ -1,23 +1,54 @@
-"""The console's "Place on legal hold" / "Release legal hold" actions, shared by people and
-conversations. Each asks for a reason (a case or matter reference) before it applies, and
-each change is made and audited by the owning app's service.
+"""Legal hold on people and conversations: the service, and the console actions that ask for
+a reason (a case or matter reference) before they apply it.
+
+A held record must be kept whatever retention rules say. Models that can be held have
+`legal_hold`, `legal_hold_since` and a `manage_legal_hold` permission (compliance officers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils import timezone
+
+from audit.catalogue import AuditAction
+from audit.services import audit_record
 
 REASON_MAX = 500
 
-HoldService = Callable[..., bool]
+
+@transaction.atomic
+def legal_hold_set(*, actor: Any, obj: Any, held: bool, reason: str) -> bool:
+    """Place (`held=True`) or release a legal hold on `obj`; audited with the reason.
+
+    Returns False when it already was in that state (nothing recorded). Raises
+    PermissionDenied unless the actor has `<app>.manage_legal_hold` (compliance officers).
+    """
+    model = type(obj)
+    if not actor.has_perm(f"{model._meta.app_label}.manage_legal_hold"):
+        raise PermissionDenied
+    locked = model.objects.select_for_update().get(pk=obj.pk)
+    if locked.legal_hold == held:
+        return False
+    since = timezone.now() if held else None
+    # update(): a hold is not an edit (a conversation's updated_at orders its owner's list).
+    model.objects.filter(pk=obj.pk).update(legal_hold=held, legal_hold_since=since)
+    obj.legal_hold, obj.legal_hold_since = held, since
+    audit_record(
+        action=AuditAction.LEGAL_HOLD_SET if held else AuditAction.LEGAL_HOLD_RELEASED,
+        actor=actor,
+        target=obj,
+        details={"reason": reason[:REASON_MAX]},
+    )
+    return True
 
 
 class LegalHoldForm(forms.Form):
@@ -29,10 +60,9 @@ class LegalHoldForm(forms.Form):
     )
 
 
-def legal_hold_actions(service: HoldService, *, target_kwarg: str) -> list[Any]:
-    """Admin actions placing and releasing holds through `service(actor=, <target>=, held=,
-    reason=)`, which checks the permission, writes and audits (it returns whether it changed
-    anything)."""
+def legal_hold_actions() -> list[Any]:
+    """The console actions placing and releasing holds (shown to compliance officers only:
+    the model admin's `has_legal_hold_permission`)."""
 
     def make(held: bool) -> Any:
         verb = "Place on legal hold" if held else "Release legal hold"
@@ -44,11 +74,8 @@ def legal_hold_actions(service: HoldService, *, target_kwarg: str) -> list[Any]:
             form = LegalHoldForm(request.POST if "apply" in request.POST else None)
             if form.is_valid():
                 changed = sum(
-                    service(
-                        actor=request.user,
-                        held=held,
-                        reason=form.cleaned_data["reason"],
-                        **{target_kwarg: obj},
+                    legal_hold_set(
+                        actor=request.user, obj=obj, held=held, reason=form.cleaned_data["reason"]
                     )
                     for obj in queryset
                 )

@@ -17,34 +17,23 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 
 from audit.catalogue import AuditAction, TargetType
+from audit.console import ReadOnlyModelAdmin
 from audit.legal_hold import legal_hold_actions
 from audit.models import AuditEvent
 from audit.services import audit_record
 from conversations.models import Conversation, Message
-from conversations.services import conversation_legal_hold_set
 
 REVIEW_EVENTS_MAX = 500
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 @admin.register(Conversation)
-class ConversationAdmin(ReadOnlyAdmin):
+class ConversationAdmin(ReadOnlyModelAdmin):
     list_display = ("title", "owner", "model", "legal_hold", "created_at", "updated_at")
     list_select_related = ("owner",)
     list_filter = ("legal_hold", "model")
     search_fields = ("=public_id", "owner__email", "title")
     date_hierarchy = "updated_at"
-    actions = legal_hold_actions(conversation_legal_hold_set, target_kwarg="conversation")
+    actions = legal_hold_actions()
 
     def has_legal_hold_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("conversations.manage_legal_hold")
@@ -97,7 +86,7 @@ class ConversationAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(ReadOnlyAdmin):
+class MessageAdmin(ReadOnlyModelAdmin):
     list_display = ("public_id", "conversation", "role", "status", "model", "created_at")
     list_filter = ("role", "status", "model")
     list_select_related = ("conversation",)

@@ -15,7 +15,6 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
@@ -460,30 +459,3 @@ def _broadcast_error(reply: Message) -> None:
             "reason": reply.error,
         },
     )
-
-
-@transaction.atomic
-def conversation_legal_hold_set(
-    *, actor: User, conversation: Conversation, held: bool, reason: str
-) -> bool:
-    """Place (`held=True`) or release a legal hold on a conversation; audited with the reason.
-
-    Returns False when it already was in that state (nothing recorded). Raises
-    PermissionDenied unless the actor may manage legal holds (compliance officers).
-    """
-    if not actor.has_perm("conversations.manage_legal_hold"):
-        raise PermissionDenied
-    locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
-    if locked.legal_hold == held:
-        return False
-    # update(): a hold must not touch updated_at, which orders the owner's conversation list.
-    since = timezone.now() if held else None
-    Conversation.objects.filter(pk=locked.pk).update(legal_hold=held, legal_hold_since=since)
-    conversation.legal_hold, conversation.legal_hold_since = held, since
-    audit_record(
-        action=AuditAction.LEGAL_HOLD_SET if held else AuditAction.LEGAL_HOLD_RELEASED,
-        actor=actor,
-        target=locked,
-        details={"reason": reason[:500]},
-    )
-    return True

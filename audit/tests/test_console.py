@@ -420,3 +420,14 @@ def test_date_drill_down_needs_no_distinct_scan(compliance_officer, monkeypatch)
     assert choices("") == ["2025", "2026"]
     assert choices("&occurred_at__year=2026") == ["January 2026", "February 2026"]
     assert choices("&occurred_at__year=2026&occurred_at__month=2") == ["February 20"]
+
+
+def test_the_legal_hold_service_checks_the_permission_itself(administrator, owner) -> None:
+    from django.core.exceptions import PermissionDenied
+
+    from audit.legal_hold import legal_hold_set
+
+    with pytest.raises(PermissionDenied):
+        legal_hold_set(actor=administrator, obj=owner, held=True, reason="Matter 7")
+    owner.refresh_from_db()
+    assert not owner.legal_hold
