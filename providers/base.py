@@ -92,6 +92,9 @@ class TextDelta:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Tokens one provider call consumed. `input_tokens` counts every input token, those read
+    from a prompt cache included; `cached_input_tokens` is that cached part (priced apart)."""
+
     input_tokens: int
     output_tokens: int
     cached_input_tokens: int = 0

@@ -13,8 +13,9 @@ The SDK's retries are off (one HTTP attempt per call): retrying belongs to the r
 layer. Every failure is raised as a `ProviderError` subclass with a plain message; upstream
 text is logged (without request bodies), never shown.
 
-Usage: `input_tokens` is Bedrock's `inputTokens`, which does not include the tokens read
-from the prompt cache; those are `cached_input_tokens` (`cacheReadInputTokens`).
+Usage follows the contract (providers/base.py): `input_tokens` counts every input token, so
+it is Bedrock's `inputTokens` (which leaves out prompt-cache reads) plus
+`cacheReadInputTokens`, and `cached_input_tokens` is the cache-read part.
 """
 
 from __future__ import annotations
@@ -318,10 +319,11 @@ def _stop_reason(value: Any) -> StopReason:
 def _usage(usage: Mapping[str, Any] | None) -> Usage | None:
     if not usage:
         return None
+    cached = int(usage.get("cacheReadInputTokens") or 0)
     return Usage(
-        input_tokens=int(usage.get("inputTokens") or 0),
+        input_tokens=int(usage.get("inputTokens") or 0) + cached,
         output_tokens=int(usage.get("outputTokens") or 0),
-        cached_input_tokens=int(usage.get("cacheReadInputTokens") or 0),
+        cached_input_tokens=cached,
     )
 
 
