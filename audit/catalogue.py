@@ -38,6 +38,10 @@ class AuditAction(models.TextChoices):
     LEGAL_HOLD_RELEASED = "legal_hold.released", "Legal hold released"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
+    # Costs
+    BUDGET_REFUSED = "budget.refused", "Request refused by a budget"
+    BUDGET_ALERT = "budget.alert", "Alert-only budget exceeded"
+    BUDGET_WARNING = "budget.warning", "Budget warning threshold crossed"
     # Later features record through the same hook: add their actions here.
     TOOL_REFUSED = "tool.refused", "Tool call refused"
 
@@ -56,6 +60,8 @@ class TargetType(models.TextChoices):
     MESSAGE = "message", "Message"
     MODEL = "aimodel", "AI model"
     GROUP = "group", "Group"
+    BUDGET = "budget", "Budget"
+    PRICE = "modelprice", "Model price"
     AUDIT_EVENT = "auditevent", "Audit event"
     AUDIT_TRAIL = "audit_trail", "Audit trail"
     SOCKET = "socket", "Chat socket"

@@ -45,6 +45,8 @@ _TARGET_TYPES = {
     "conversations.message": TargetType.MESSAGE,
     "providers.aimodel": TargetType.MODEL,
     "auth.group": TargetType.GROUP,
+    "costs.budget": TargetType.BUDGET,
+    "costs.modelprice": TargetType.PRICE,
     "audit.auditevent": TargetType.AUDIT_EVENT,
 }
 

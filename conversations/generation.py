@@ -17,6 +17,7 @@ from django.conf import settings
 from accounts.models import User
 from conversations import selectors, services, streams
 from conversations.models import Conversation, Message
+from costs.services import CallUsage
 from providers.base import (
     ChatMessage,
     ChatRequest,
@@ -32,7 +33,7 @@ from providers.base import (
 )
 from providers.registry import UnknownModel, get_model
 from providers.resilience import Failover, resilient_stream
-from providers.window import fit_window, input_budget, merge_consecutive
+from providers.window import fit_window, input_budget, merge_consecutive, message_tokens
 from tools.registry import run_tool, tools_for
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class Turn:
     answered_by: str = ""
     notice: str = ""
     tool_events: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[CallUsage] = field(default_factory=list)  # one per provider call, for costs
 
 
 def _history(reply: Message) -> list[ChatMessage]:
@@ -176,6 +178,35 @@ def _request(turn: Turn, spec: ModelSpec) -> ChatRequest:
     )
 
 
+def _call_usage(turn: Turn, spec: ModelSpec, usage: Usage | None, text: str) -> CallUsage:
+    """What one provider call consumed, for the ledger.
+
+    The provider's own figures when it reported them. Otherwise, when the call streamed
+    something before it was stopped or failed, an estimate (the request's window and the
+    text received, at 4 characters a token), flagged as such. A call that produced nothing
+    is recorded with no tokens, which the ledger does not charge.
+    """
+    if usage is not None:
+        return CallUsage(
+            model=spec.key,
+            provider=spec.provider,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+        )
+    if not text:
+        return CallUsage(model=spec.key, provider=spec.provider, input_tokens=0, output_tokens=0)
+    request = _request(turn, spec)
+    return CallUsage(
+        model=spec.key,
+        provider=spec.provider,
+        input_tokens=message_tokens(ChatMessage("user", request.system_prompt))
+        + sum(message_tokens(m) for m in request.messages),
+        output_tokens=message_tokens(ChatMessage("assistant", text)),
+        estimated=True,
+    )
+
+
 def _record_tool(turn: Turn, call: ToolCall, result: ToolResult) -> dict[str, Any]:
     stored = result.content
     if len(stored) > TOOL_RESULT_STORED_CHARS:
@@ -224,34 +255,40 @@ def reply_generate(*, reply_id: int) -> None:
             calls: list[ToolCall] = []
             new_state: dict[str, Any] = {}
             cancelled = False
-            for event in resilient_stream(
-                model=spec,
-                build_request=lambda s: _request(turn, s),
-                should_stop=stop_requested,
-            ):
-                if stop_requested():
-                    cancelled = True
-                    break
-                if isinstance(event, TextDelta):
-                    batcher.add(event.text)
-                    round_text.append(event.text)
-                elif isinstance(event, ToolCall):
-                    calls.append(event)
-                elif isinstance(event, Usage):
-                    turn.has_usage = True
-                    turn.input_tokens += event.input_tokens
-                    turn.output_tokens += event.output_tokens
-                elif isinstance(event, Finish):
-                    turn.stop_reason = event.stop_reason.value
-                elif isinstance(event, StateUpdate):
-                    # Applied once the round has succeeded: a retried attempt must not
-                    # assume the service kept what a failed attempt sent.
-                    new_state.update(event.state)
-                elif isinstance(event, Failover):
-                    spec = event.to_model
-                    turn.answered_by, turn.notice = spec.key, event.notice
-                    turn.state = _state_for(conversation, spec, reply)
-                    batcher.event("notice", text=event.notice)
+            round_usage: Usage | None = None
+            try:
+                for event in resilient_stream(
+                    model=spec,
+                    build_request=lambda s: _request(turn, s),
+                    should_stop=stop_requested,
+                ):
+                    if stop_requested():
+                        cancelled = True
+                        break
+                    if isinstance(event, TextDelta):
+                        batcher.add(event.text)
+                        round_text.append(event.text)
+                    elif isinstance(event, ToolCall):
+                        calls.append(event)
+                    elif isinstance(event, Usage):
+                        round_usage = event
+                        turn.has_usage = True
+                        turn.input_tokens += event.input_tokens
+                        turn.output_tokens += event.output_tokens
+                    elif isinstance(event, Finish):
+                        turn.stop_reason = event.stop_reason.value
+                    elif isinstance(event, StateUpdate):
+                        # Applied once the round has succeeded: a retried attempt must not
+                        # assume the service kept what a failed attempt sent.
+                        new_state.update(event.state)
+                    elif isinstance(event, Failover):
+                        spec = event.to_model
+                        turn.answered_by, turn.notice = spec.key, event.notice
+                        turn.state = _state_for(conversation, spec, reply)
+                        batcher.event("notice", text=event.notice)
+            finally:
+                # Every call is charged, also one that was stopped or failed midway.
+                turn.calls.append(_call_usage(turn, spec, round_usage, "".join(round_text)))
             if new_state:
                 turn.state = {**turn.state, **new_state}
                 services.conversation_state_save(
@@ -300,6 +337,7 @@ def reply_generate(*, reply_id: int) -> None:
             answered_by=turn.answered_by,
             notice=turn.notice,
             tool_events=turn.tool_events,
+            calls=turn.calls,
         ),
     )
     if finished and status != Message.Status.FAILED and turn.state and spec is not None:

@@ -73,6 +73,11 @@ class Message(models.Model):
     tool_events = models.JSONField(default=list, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # What the reply cost, summed over its provider calls (costs.CostEntry holds each call).
+    cost = models.DecimalField(max_digits=18, decimal_places=6, null=True, blank=True)
+    cost_estimated = models.BooleanField(
+        default=False, help_text="Some call reported no usage: its tokens were estimated."
+    )
     stop_reason = models.CharField(max_length=32, blank=True)
     # Measured from the moment the message was accepted, so they include queueing.
     time_to_first_token_ms = models.PositiveIntegerField(null=True, blank=True)

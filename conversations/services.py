@@ -27,6 +27,13 @@ from conversations import streams
 from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
+from costs.services import (
+    BudgetExceeded,
+    CallUsage,
+    Settlement,
+    budget_reserve,
+    ledger_settle,
+)
 from enterprise_ai.dispatch import dispatch
 from providers.base import ChatMessage
 from providers.registry import UnknownModel, model_for_user
@@ -80,6 +87,8 @@ def _fail_interrupted(replies: QuerySet[Message]) -> None:
         if failed:
             reply.status = Message.Status.FAILED
             reply.error_code = "interrupted"
+            # Its worker died with the usage: release the holds; nothing is known to charge.
+            ledger_settle(reply=reply, calls=[], outcome=reply.status)
             _audit_reply_end(reply)
 
 
@@ -151,7 +160,7 @@ def message_send(
             "with a larger context window.",
         )
 
-    # Seam: the guardrails issue screens `text` here; the costs issue reserves budget here.
+    # Seam: the guardrails issue screens `text` here.
 
     try:
         return _message_store(
@@ -165,6 +174,33 @@ def message_send(
         if exc.code == "not_found":
             conversation_access_denied(actor=actor, conversation_id=conversation_id)
         raise
+    except BudgetExceeded as exc:
+        # Recorded after the rollback: nothing of the refused request is stored.
+        budget_id = exc.details.get("budget")
+        audit_record(
+            action=AuditAction.BUDGET_REFUSED,
+            actor=actor,
+            target=(TargetType.BUDGET, budget_id) if budget_id else None,
+            outcome=AuditOutcome.DENIED,
+            details={**exc.details, "model": model.key},
+        )
+        raise ChatError("budget_exceeded", exc.reason) from None
+
+
+def _input_estimate(*, conversation: Conversation, model: Any, budget: int) -> int:
+    """Input tokens the reply's first call will send: system prompt and history (the
+    window), never more than the model's input budget."""
+    turns = (
+        Message.objects.filter(conversation=conversation)
+        .exclude(role=Message.Role.ASSISTANT, status=Message.Status.FAILED)
+        .order_by("-id")
+        .values_list("role", "content")[: settings.CHAT_HISTORY_MAX_MESSAGES]
+    )
+    tokens = message_tokens(ChatMessage("user", settings.CHAT_SYSTEM_PROMPT)) + sum(
+        message_tokens(ChatMessage("user" if role == "user" else "assistant", content))
+        for role, content in turns
+    )
+    return min(tokens, budget)
 
 
 @transaction.atomic
@@ -177,6 +213,11 @@ def _message_store(
     new_conversation_id: UUID | None,
 ) -> SendResult:
     request_id = audit_context.current().request_id or audit_context.new_request_id()
+    input_budget_tokens = input_budget(
+        context_window=model.context_window,
+        max_output_tokens=model.max_output_tokens,
+        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+    )
     created = conversation_id is None
     if conversation_id is None:
         conversation = Conversation.objects.create(
@@ -220,6 +261,17 @@ def _message_store(
             "busy", "A reply is still being written in this conversation. Wait or stop it."
         ) from None
 
+    # Before anything can reach a provider: hold the call's maximum cost against every
+    # budget that applies, or refuse (BudgetExceeded rolls all of this back).
+    alerts = budget_reserve(
+        user=actor,
+        reply=reply,
+        model=model,
+        input_tokens=_input_estimate(
+            conversation=conversation, model=model, budget=input_budget_tokens
+        ),
+    )
+
     audit_record(
         action=AuditAction.MESSAGE_SENT,
         actor=actor,
@@ -230,6 +282,7 @@ def _message_store(
             "model": model.key,
             "characters": len(text),
             "new_conversation": created,
+            **({"budget_alerts": alerts} if alerts else {}),
         },
     )
     # Imported here: the task module imports this one (tasks → generation → services).
@@ -280,6 +333,7 @@ def _reply_stop(reply: Message) -> None:
         )
         if cancelled:
             reply.refresh_from_db()
+            ledger_settle(reply=reply, calls=[], outcome=reply.status)  # releases its holds
             _audit_reply_end(reply)
             transaction.on_commit(partial(_broadcast_done, reply))
         else:
@@ -325,6 +379,8 @@ class ReplyOutcome:
     answered_by: str = ""
     notice: str = ""
     tool_events: list[dict[str, Any]] = field(default_factory=list)
+    # Each provider call's usage, for the cost ledger (estimated where none was reported).
+    calls: list[CallUsage] = field(default_factory=list)
 
 
 def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
@@ -355,6 +411,7 @@ def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
         "tool_events": outcome.tool_events,
         "completed_at": now,
     }
+    settlement = Settlement()
     with transaction.atomic():
         updated = Message.objects.filter(pk=reply.pk, status=Message.Status.STREAMING).update(
             **fields
@@ -362,10 +419,24 @@ def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
         if updated:
             for name, value in fields.items():
                 setattr(reply, name, value)
-            # Seam: the costs issue settles the ledger here, in this transaction.
+            settlement = ledger_settle(reply=reply, calls=outcome.calls, outcome=outcome.status)
+            reply.cost, reply.cost_estimated = settlement.cost, settlement.estimated
+            Message.objects.filter(pk=reply.pk).update(
+                cost=settlement.cost, cost_estimated=settlement.estimated
+            )
             _audit_reply_end(reply)
     if not updated:
         return False
+    for warning in settlement.warnings:
+        streams.broadcast(
+            reply.conversation.public_id,
+            {
+                "type": "chat.notice",
+                "conversation": str(reply.conversation.public_id),
+                "message": str(reply.public_id),
+                "text": warning,
+            },
+        )
     streams.stream_forget(reply.public_id)
     if outcome.status == Message.Status.FAILED:
         _broadcast_error(reply)
@@ -404,6 +475,7 @@ def _audit_reply_end(reply: Message) -> None:
             "stop_reason": reply.stop_reason,
             "error_code": reply.error_code,
             "tool_calls": len(reply.tool_events or []),
+            "cost": str(reply.cost) if reply.cost is not None else None,
         },
         context=ctx,
     )
@@ -419,7 +491,13 @@ def _broadcast_done(reply: Message) -> None:
             "status": reply.status,
             "html": render_markdown(reply.content),
             "stop_reason": reply.stop_reason,
-            "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+            "usage": {
+                "input_tokens": reply.input_tokens,
+                "output_tokens": reply.output_tokens,
+                "cost": str(reply.cost) if reply.cost is not None else None,
+                "currency": settings.COSTS_CURRENCY,
+                "estimated": reply.cost_estimated,
+            },
             "timings": {
                 "time_to_first_token_ms": reply.time_to_first_token_ms,
                 "duration_ms": reply.duration_ms,

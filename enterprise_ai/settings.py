@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -348,10 +349,30 @@ AUDIT_TRUST_REQUEST_ID_HEADER = env.bool("AUDIT_TRUST_REQUEST_ID_HEADER", False)
 # Rows the audit list counts before it says "more than N" instead of counting them all.
 AUDIT_LIST_COUNT_LIMIT = env.int("AUDIT_LIST_COUNT_LIMIT", 10_000, min_value=100)
 
+# --- Costs and budgets (docs/costs.md) -------------------------------------------------------
+
+# The ledger's one currency: prices and budgets are in it.
+COSTS_CURRENCY = env.str("COSTS_CURRENCY", "USD").upper()
+if len(COSTS_CURRENCY) != 3 or not COSTS_CURRENCY.isalpha():
+    raise ImproperlyConfigured("COSTS_CURRENCY must be a three-letter currency code.")
+# Budget periods (days, weeks from Monday, months) are calendar periods in this time zone.
+COSTS_TIME_ZONE = env.str("COSTS_TIME_ZONE") or env.str("TIME_ZONE", "UTC")
+# A single call whose maximum cost exceeds this is refused (0: no per-call limit).
+try:
+    COSTS_MAX_REQUEST_COST = Decimal(env.str("COSTS_MAX_REQUEST_COST", "0"))
+except InvalidOperation:
+    raise ImproperlyConfigured("COSTS_MAX_REQUEST_COST must be an amount, e.g. 2.50.") from None
+# A reservation not settled this long after its reply's deadline is released.
+COSTS_RESERVATION_GRACE_SECONDS = env.int("COSTS_RESERVATION_GRACE_SECONDS", 300, min_value=0)
+
 CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {
         "task": "audit.tasks.audit_checkpoint",
         "schedule": float(AUDIT_CHECKPOINT_INTERVAL_SECONDS),
+    },
+    "costs-release-expired-reservations": {
+        "task": "costs.tasks.release_expired_reservations",
+        "schedule": 60.0,
     },
 }
 

@@ -75,6 +75,9 @@ async def test_owner_gets_accepted_deltas_and_done_matching_stored_reply(
     assert done["usage"] == {
         "input_tokens": reply.input_tokens,
         "output_tokens": reply.output_tokens,
+        "cost": str(reply.cost),  # the demo model has no price: zero, still recorded
+        "currency": "USD",
+        "estimated": False,
     }
     assert reply.output_tokens and reply.input_tokens
     assert reply.time_to_first_token_ms is not None and reply.duration_ms is not None

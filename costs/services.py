@@ -1,0 +1,432 @@
+"""Pricing, budget reservation before a call, and settlement after it (docs/costs.md).
+
+Reserve, then settle:
+
+1. `budget_reserve` (inside the send transaction, before anything reaches a provider) prices
+   the call's maximum — estimated input tokens plus the model's max output tokens — and
+   holds it against every budget that applies to the person (their own, their departments',
+   the organisation's). Each budget's window row for the current period is locked
+   (SELECT … FOR UPDATE, in id order so two calls never deadlock); a blocking budget that
+   cannot hold it refuses the call with `BudgetExceeded`.
+2. `ledger_settle` (inside the reply's finishing transaction) writes one `CostEntry` per
+   provider call, replaces the held amounts with the actual cost, and reports the budgets
+   whose warning threshold the spend just crossed.
+3. `reservations_release_expired` (periodic) frees what crashed calls still hold.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from accounts.roles import ROLES
+from audit.catalogue import AuditAction, AuditOutcome
+from audit.services import audit_record
+from costs.models import MICRO, Budget, BudgetWindow, CostEntry, ModelPrice, Reservation
+
+MILLION = Decimal(1_000_000)
+
+
+# --- Prices -----------------------------------------------------------------------------------
+
+
+def price_at(model_key: str, when: dt.datetime) -> ModelPrice | None:
+    """The price in force for a catalogue model at `when`, or None if it has none."""
+    return (
+        ModelPrice.objects.filter(model__key=model_key, effective_from__lte=when)
+        .order_by("-effective_from")
+        .first()
+    )
+
+
+def call_cost(
+    price: ModelPrice | None, *, input_tokens: int, cached_input_tokens: int, output_tokens: int
+) -> Decimal:
+    """The cost of one call, rounded half-up to a micro-unit. Zero without a price.
+
+    `input_tokens` counts every input token; the cached part is priced at the cached price
+    (the input price when the model has none).
+    """
+    if price is None:
+        return Decimal(0).quantize(MICRO)
+    cached = min(max(cached_input_tokens, 0), max(input_tokens, 0))
+    uncached = max(input_tokens, 0) - cached
+    cached_price = (
+        price.cached_input_per_million
+        if price.cached_input_per_million is not None
+        else price.input_per_million
+    )
+    total = (
+        Decimal(uncached) * price.input_per_million
+        + Decimal(cached) * cached_price
+        + Decimal(max(output_tokens, 0)) * price.output_per_million
+    ) / MILLION
+    return total.quantize(MICRO, rounding=ROUND_HALF_UP)
+
+
+# --- Periods ----------------------------------------------------------------------------------
+
+
+def period_bounds(period: str, when: dt.datetime) -> tuple[dt.date, dt.datetime]:
+    """(first day of the period containing `when`, the moment the next period starts).
+
+    Calendar periods in COSTS_TIME_ZONE: days, weeks starting on Monday, months.
+    """
+    zone = zoneinfo.ZoneInfo(settings.COSTS_TIME_ZONE)
+    local = when.astimezone(zone)
+    today = local.date()
+    if period == Budget.Period.DAILY:
+        start, end = today, today + timedelta(days=1)
+    elif period == Budget.Period.WEEKLY:
+        start = today - timedelta(days=today.weekday())
+        end = start + timedelta(days=7)
+    else:
+        start = today.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+    return start, dt.datetime.combine(end, dt.time(), tzinfo=zone)
+
+
+# --- Who pays ---------------------------------------------------------------------------------
+
+
+def department_of(user: Any) -> Any:
+    """The person's department: their first group (by name) that is not a role."""
+    return user.groups.exclude(name__in=ROLES).order_by("name").first()
+
+
+def budgets_for(user: Any) -> list[Budget]:
+    """Every enabled budget that applies to the person, in id order (the lock order)."""
+    return list(
+        Budget.objects.filter(enabled=True)
+        .filter(
+            Q(scope=Budget.Scope.ORGANISATION)
+            | Q(scope=Budget.Scope.DEPARTMENT, group__in=user.groups.all())
+            | Q(scope=Budget.Scope.USER, user=user)
+        )
+        .order_by("id")
+    )
+
+
+def _locked_window(budget: Budget, when: dt.datetime) -> BudgetWindow:
+    start, _ = period_bounds(budget.period, when)
+    # Create the period's row if it is the first call of the period (a concurrent creator
+    # is not an error), then lock it.
+    BudgetWindow.objects.bulk_create(
+        [BudgetWindow(budget=budget, period_start=start)], ignore_conflicts=True
+    )
+    return BudgetWindow.objects.select_for_update().get(budget=budget, period_start=start)
+
+
+# --- Reserve ----------------------------------------------------------------------------------
+
+
+class BudgetExceeded(Exception):
+    """A call was refused before reaching a provider. `reason` is for the person."""
+
+    def __init__(self, reason: str, *, details: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details
+
+
+@dataclass(frozen=True)
+class Estimate:
+    amount: Decimal
+    tokens: int
+    priced: bool
+
+
+def estimate_max(*, model: Any, input_tokens: int, when: dt.datetime) -> Estimate:
+    """The most a call can cost: its estimated input plus the model's max output tokens."""
+    price = price_at(model.key, when)
+    amount = call_cost(
+        price,
+        input_tokens=input_tokens,
+        cached_input_tokens=0,
+        output_tokens=model.max_output_tokens,
+    )
+    return Estimate(
+        amount=amount, tokens=input_tokens + model.max_output_tokens, priced=price is not None
+    )
+
+
+def _money(amount: Decimal) -> str:
+    return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP)} {settings.COSTS_CURRENCY}"
+
+
+def _resets(reset_at: dt.datetime) -> str:
+    return reset_at.strftime("%Y-%m-%d %H:%M %Z")
+
+
+def budget_reserve(*, user: Any, reply: Any, model: Any, input_tokens: int) -> list[str]:
+    """Hold the call's maximum cost against every budget that applies; return alert notes.
+
+    Call inside the transaction that creates `reply`. Raises BudgetExceeded (nothing held)
+    when the per-call maximum (COSTS_MAX_REQUEST_COST) or any blocking budget would be
+    exceeded. Alert-only budgets that would be exceeded let the call through; they are
+    audited, and their names are returned.
+    """
+    now = timezone.now()
+    estimate = estimate_max(model=model, input_tokens=input_tokens, when=now)
+    cap = settings.COSTS_MAX_REQUEST_COST
+    if cap and estimate.amount > cap:
+        raise BudgetExceeded(
+            f"This request could cost up to {_money(estimate.amount)}, more than the "
+            f"{_money(cap)} allowed for a single request. Shorten the conversation or pick a "
+            "smaller model.",
+            details={"limit": "per_request", "estimate": str(estimate.amount), "cap": str(cap)},
+        )
+    alerts: list[str] = []
+    expires_at = now + timedelta(
+        seconds=settings.CHAT_REPLY_MAX_SECONDS + settings.COSTS_RESERVATION_GRACE_SECONDS
+    )
+    for budget in budgets_for(user):
+        window = _locked_window(budget, now)
+        over_amount = window.spent + window.reserved + estimate.amount > budget.limit_amount
+        over_tokens = budget.limit_tokens is not None and (
+            window.spent_tokens + window.reserved_tokens + estimate.tokens > budget.limit_tokens
+        )
+        if over_amount or over_tokens:
+            _, reset_at = period_bounds(budget.period, now)
+            details = {
+                "budget": budget.pk,
+                "budget_name": budget.name,
+                "scope": budget.scope,
+                "period_start": str(window.period_start),
+                "spent": str(window.spent),
+                "reserved": str(window.reserved),
+                "estimate": str(estimate.amount),
+                "limit": str(budget.limit_amount),
+                "tokens": over_tokens,
+            }
+            if budget.action == Budget.Action.BLOCK:
+                raise BudgetExceeded(
+                    f"The {budget.name} budget ({budget.get_period_display().lower()}) does "
+                    f"not allow this request: {_money(window.spent)} of "
+                    f"{_money(budget.limit_amount)} is used"
+                    + (
+                        f" and {_money(window.reserved)} is held by replies in progress"
+                        if window.reserved
+                        else ""
+                    )
+                    + f". It resets on {_resets(reset_at)}.",
+                    details=details,
+                )
+            audit_record(
+                action=AuditAction.BUDGET_ALERT,
+                actor=user,
+                target=budget,
+                outcome=AuditOutcome.SUCCESS,
+                details=details,
+            )
+            alerts.append(budget.name)
+        Reservation.objects.create(
+            window=window,
+            message=reply,
+            amount=estimate.amount,
+            tokens=estimate.tokens,
+            expires_at=expires_at,
+        )
+        BudgetWindow.objects.filter(pk=window.pk).update(
+            reserved=F("reserved") + estimate.amount,
+            reserved_tokens=F("reserved_tokens") + estimate.tokens,
+        )
+    return alerts
+
+
+# --- Settle -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CallUsage:
+    """What one provider call consumed (estimated when the provider reported nothing)."""
+
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    cached_input_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass
+class Settlement:
+    cost: Decimal = Decimal(0)
+    estimated: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+def ledger_settle(*, reply: Any, calls: Sequence[CallUsage], outcome: str) -> Settlement:
+    """Write one ledger entry per call and settle the reply's reservations. Idempotent.
+
+    Call inside the transaction that stores the reply's outcome. Calls with no tokens at all
+    (refused before sending) are not charged. A second settlement of the same reply writes
+    nothing and changes no budget. Returns the total cost and the budgets whose warning
+    threshold this spend crossed (audited once per budget and period).
+    """
+    now = timezone.now()
+    conversation = reply.conversation
+    user = conversation.owner
+    department = department_of(user)
+    result = Settlement()
+    entries = []
+    for index, call in enumerate(calls):
+        if call.input_tokens <= 0 and call.output_tokens <= 0:
+            continue
+        price = price_at(call.model, now)
+        cost = call_cost(
+            price,
+            input_tokens=call.input_tokens,
+            cached_input_tokens=call.cached_input_tokens,
+            output_tokens=call.output_tokens,
+        )
+        entries.append(
+            CostEntry(
+                idempotency_key=f"{reply.public_id}:{index}",
+                created_at=now,
+                user=user,
+                department=department,
+                conversation=conversation,
+                message=reply,
+                call_index=index,
+                model=call.model,
+                provider=call.provider,
+                input_tokens=call.input_tokens,
+                cached_input_tokens=call.cached_input_tokens,
+                output_tokens=call.output_tokens,
+                cost=cost,
+                currency=settings.COSTS_CURRENCY,
+                estimated=call.estimated,
+                priced=price is not None,
+                outcome=outcome,
+                request_id=reply.request_id,
+            )
+        )
+        result.cost += cost
+        result.estimated = result.estimated or call.estimated
+    if CostEntry.objects.filter(message=reply).exists():
+        return result  # already settled: a redelivered task charges nothing twice
+    CostEntry.objects.bulk_create(entries)
+    tokens = sum(e.input_tokens + e.output_tokens for e in entries)
+
+    held = {
+        r.window_id: r
+        for r in Reservation.objects.filter(message=reply, status=Reservation.Status.HELD)
+    }
+    budgets = {b.pk: b for b in budgets_for(user)}
+    windows = {}
+    for budget in budgets.values():
+        window = _locked_window(budget, now)
+        windows[window.pk] = (budget, window)
+    for window_id in held:
+        if window_id not in windows:
+            locked = (
+                BudgetWindow.objects.select_for_update().select_related("budget").get(pk=window_id)
+            )
+            windows[window_id] = (locked.budget, locked)
+    for window_id, (budget, window) in sorted(windows.items()):
+        reservation = held.get(window_id)
+        current = window.period_start == period_bounds(budget.period, now)[0]
+        updates: dict[str, Any] = {}
+        if reservation is not None:
+            updates["reserved"] = F("reserved") - reservation.amount
+            updates["reserved_tokens"] = F("reserved_tokens") - reservation.tokens
+        if current and budget.pk in budgets:
+            updates["spent"] = F("spent") + result.cost
+            updates["spent_tokens"] = F("spent_tokens") + tokens
+            spent_after = window.spent + result.cost
+            threshold = budget.limit_amount * budget.warn_percent / 100
+            if not window.warned and budget.limit_amount and spent_after >= threshold:
+                updates["warned"] = True
+                result.warnings.append(
+                    f"You have used {min(100, round(spent_after * 100 / budget.limit_amount))}% "
+                    f"of the {budget.name} budget for this period."
+                )
+                audit_record(
+                    action=AuditAction.BUDGET_WARNING,
+                    actor=user,
+                    target=budget,
+                    details={
+                        "budget_name": budget.name,
+                        "period_start": str(window.period_start),
+                        "spent": str(spent_after),
+                        "limit": str(budget.limit_amount),
+                        "warn_percent": budget.warn_percent,
+                    },
+                )
+        if updates:
+            BudgetWindow.objects.filter(pk=window.pk).update(**updates)
+    Reservation.objects.filter(message=reply, status=Reservation.Status.HELD).update(
+        status=Reservation.Status.SETTLED
+    )
+    return result
+
+
+def reservations_release_expired(*, now: dt.datetime | None = None) -> int:
+    """Release what crashed calls still hold (past their expiry). Returns how many."""
+    now = now or timezone.now()
+    released = 0
+    expired = Reservation.objects.filter(status=Reservation.Status.HELD, expires_at__lt=now)
+    for reservation_id in expired.values_list("id", flat=True)[:1000]:
+        with transaction.atomic():
+            reservation = (
+                Reservation.objects.select_for_update()
+                .filter(pk=reservation_id, status=Reservation.Status.HELD)
+                .first()
+            )
+            if reservation is None:
+                continue
+            BudgetWindow.objects.select_for_update().filter(pk=reservation.window_id).update(
+                reserved=F("reserved") - reservation.amount,
+                reserved_tokens=F("reserved_tokens") - reservation.tokens,
+            )
+            reservation.status = Reservation.Status.EXPIRED
+            reservation.save(update_fields=["status"])
+            released += 1
+    return released
+
+
+# --- What a person sees -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    name: str
+    period: str
+    spent: Decimal
+    limit: Decimal
+    remaining: Decimal
+    resets_at: dt.datetime
+    blocking: bool
+
+
+def budget_status_for(user: Any, budgets: Iterable[Budget] | None = None) -> list[BudgetStatus]:
+    """The person's budgets for the current period: what is left and when it resets."""
+    now = timezone.now()
+    statuses = []
+    for budget in budgets if budgets is not None else budgets_for(user):
+        start, reset_at = period_bounds(budget.period, now)
+        window = BudgetWindow.objects.filter(budget=budget, period_start=start).first()
+        used = (window.spent + window.reserved) if window else Decimal(0)
+        statuses.append(
+            BudgetStatus(
+                name=budget.name,
+                period=budget.get_period_display(),
+                spent=used,
+                limit=budget.limit_amount,
+                remaining=max(Decimal(0), budget.limit_amount - used),
+                resets_at=reset_at,
+                blocking=budget.action == Budget.Action.BLOCK,
+            )
+        )
+    return statuses
