@@ -10,6 +10,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
+from decimal import Decimal
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -32,6 +33,7 @@ from costs.services import (
     CallUsage,
     Settlement,
     budget_reserve,
+    budget_status_for,
     ledger_settle,
 )
 from enterprise_ai.dispatch import dispatch
@@ -505,8 +507,25 @@ def _broadcast_done(reply: Message) -> None:
             "answered_by": reply.answered_by,
             "notice": reply.notice,
             "tools": reply.tool_events,
+            "budgets": budget_frames(reply.conversation.owner),
         },
     )
+
+
+def budget_frames(user: User) -> list[dict[str, Any]]:
+    """The person's budgets as the page shows them: what is left and when it resets."""
+    return [
+        {
+            "name": status.name,
+            "period": status.period,
+            "remaining": str(status.remaining.quantize(Decimal("0.01"))),
+            "limit": str(status.limit.quantize(Decimal("0.01"))),
+            "currency": settings.COSTS_CURRENCY,
+            "resets_at": status.resets_at.isoformat(),
+            "blocking": status.blocking,
+        }
+        for status in budget_status_for(user)
+    ]
 
 
 def conversation_state_save(

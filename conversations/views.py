@@ -9,7 +9,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from conversations import selectors
+from conversations import selectors, services
 from conversations.errors import ChatError
 from providers.registry import default_model_for, models_for_user
 
@@ -38,6 +38,7 @@ def chat(request: HttpRequest, public_id: UUID | None = None) -> HttpResponse:
             "current": snapshot,
             "current_id": str(public_id) if public_id else "",
             "models": models,
+            "budgets": services.budget_frames(user),  # type: ignore[arg-type]
             "current_model": current_model,
             "chat_config": {
                 "conversation": str(public_id) if public_id else None,

@@ -17,6 +17,7 @@ const el = {
   title: document.getElementById("conversation-title"),
   list: document.getElementById("conversation-list"),
   count: document.getElementById("char-count"),
+  budgets: document.getElementById("budget-status"),
 };
 
 const state = {
@@ -63,6 +64,29 @@ function addNote(article, className, text) {
   note.className = className;
   note.textContent = text;
   article.append(note);
+}
+
+function showCost(article, usage) {
+  article.querySelectorAll(".msg-cost").forEach((node) => node.remove());
+  if (!usage || usage.cost === null || usage.cost === undefined) return;
+  const line = document.createElement("p");
+  line.className = "msg-cost";
+  const tokens = (usage.input_tokens || 0) + (usage.output_tokens || 0);
+  line.textContent = `${tokens} tokens · ${usage.cost} ${usage.currency}` +
+    (usage.estimated ? " (estimated)" : "");
+  article.append(line);
+}
+
+function showBudgets(budgets) {
+  // What is left of each budget that applies to this person (text only, never HTML).
+  el.budgets.replaceChildren(...budgets.map((b) => {
+    const span = document.createElement("span");
+    span.className = "budget";
+    span.dataset.blocking = String(b.blocking);
+    span.textContent = `${b.name} (${b.period.toLowerCase()}): ${b.remaining} of ${b.limit} ` +
+      `${b.currency} left · resets ${b.resets_at.slice(0, 10)}`;
+    return span;
+  }));
 }
 
 function toolLine(tool) {
@@ -212,6 +236,8 @@ const handlers = {
     setHtml(article, frame.html);
     renderExtras(article, frame.tools, frame.notice);
     if (frame.status === "cancelled") addNote(article, "msg-note", "Stopped.");
+    showCost(article, frame.usage);
+    if (frame.budgets) showBudgets(frame.budgets);
     if (state.reply && state.reply.id === frame.message) state.reply = null;
     setBusy(state.reply !== null);
     scrollToEnd();
