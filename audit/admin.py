@@ -65,7 +65,7 @@ class ActorFilter(admin.SimpleListFilter):
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         choices = [("none", "No one (anonymous or system)")]
         value = self.value()
-        if value and value.isdigit():
+        if value and value.isascii() and value.isdigit():
             user = get_user_model().objects.filter(pk=value).only("email", "username").first()
             if user is not None:
                 choices.append((value, user.email or user.get_username()))
@@ -75,7 +75,7 @@ class ActorFilter(admin.SimpleListFilter):
         value = self.value()
         if value == "none":
             return queryset.filter(actor__isnull=True)
-        if value and value.isdigit():
+        if value and value.isascii() and value.isdigit():
             return queryset.filter(actor_id=int(value))
         return queryset
 

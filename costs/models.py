@@ -15,6 +15,10 @@ from django.db import models
 MICRO = Decimal("0.000001")
 
 
+def ledger_currency() -> str:
+    return str(settings.COSTS_CURRENCY)
+
+
 def money(**options: Any) -> models.DecimalField:
     """An amount in the ledger's currency, to the micro-unit."""
     return models.DecimalField(max_digits=18, decimal_places=6, **options)
@@ -34,7 +38,7 @@ class ModelPrice(models.Model):
         help_text="Price of one million input tokens read from the provider's prompt cache; "
         "empty: the input price.",
     )
-    currency = models.CharField(max_length=3, default="USD")
+    currency = models.CharField(max_length=3, default=ledger_currency)
     effective_from = models.DateTimeField()
 
     class Meta:
@@ -132,8 +136,10 @@ class Budget(models.Model):
 
     name = models.CharField(max_length=100)
     scope = models.CharField(max_length=16, choices=Scope.choices)
+    # PROTECT: a department's budgets are deleted (and audited) on their own, not silently
+    # with the group.
     group = models.ForeignKey(
-        "auth.Group", on_delete=models.CASCADE, null=True, blank=True, related_name="budgets"
+        "auth.Group", on_delete=models.PROTECT, null=True, blank=True, related_name="budgets"
     )
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,

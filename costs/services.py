@@ -275,10 +275,12 @@ def ledger_settle(*, reply: Any, calls: Sequence[CallUsage], outcome: str) -> Se
     threshold this spend crossed (audited once per budget and period).
     """
     now = timezone.now()
+    result = Settlement()
+    if CostEntry.objects.filter(message=reply).exists():
+        return result  # already settled: a redelivered task charges nothing twice
     conversation = reply.conversation
     user = conversation.owner
     department = department_of(user)
-    result = Settlement()
     entries = []
     for index, call in enumerate(calls):
         if call.input_tokens <= 0 and call.output_tokens <= 0:
@@ -314,8 +316,6 @@ def ledger_settle(*, reply: Any, calls: Sequence[CallUsage], outcome: str) -> Se
         )
         result.cost += cost
         result.estimated = result.estimated or call.estimated
-    if CostEntry.objects.filter(message=reply).exists():
-        return result  # already settled: a redelivered task charges nothing twice
     CostEntry.objects.bulk_create(entries)
     tokens = sum(e.input_tokens + e.output_tokens for e in entries)
 
