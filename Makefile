@@ -54,9 +54,10 @@ test-unit: venv
 test-production: venv
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python -m pytest -m production
 
-## Audit benchmark on the local PostgreSQL, results in bench/results/ (BENCH_AUDIT_EVENTS=20000: quick).
+## Benchmarks on the local PostgreSQL, results in bench/results/: the audit trail (BENCH_AUDIT_EVENTS=20000: quick), then budgets (reserve/settle throughput, latency per turn).
 bench: venv
 	$(UNSET_SERVICES) $(BIN)/python -m bench.audit_bench
+	$(UNSET_SERVICES) $(BIN)/python -m bench.costs_bench
 
 lint: venv
 	$(BIN)/ruff format --check .

@@ -319,9 +319,13 @@ def ledger_settle(*, reply: Any, calls: Sequence[CallUsage], outcome: str) -> Se
     CostEntry.objects.bulk_create(entries)
     tokens = sum(e.input_tokens + e.output_tokens for e in entries)
 
+    # Lock the reply's holds before any window, the order the expiry job uses too: a hold
+    # released meanwhile is then seen as released, and the two never deadlock.
     held = {
         r.window_id: r
-        for r in Reservation.objects.filter(message=reply, status=Reservation.Status.HELD)
+        for r in Reservation.objects.select_for_update()
+        .filter(message=reply, status=Reservation.Status.HELD)
+        .order_by("id")
     }
     budgets = {b.pk: b for b in budgets_for(user)}
     windows = {}
