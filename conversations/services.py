@@ -10,7 +10,6 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
-from decimal import Decimal
 from functools import partial
 from typing import Any
 from uuid import UUID
@@ -34,6 +33,7 @@ from costs.services import (
     Settlement,
     budget_reserve,
     budget_status_for,
+    format_amount,
     ledger_settle,
 )
 from enterprise_ai.dispatch import dispatch
@@ -518,8 +518,8 @@ def budget_frames(user: User) -> list[dict[str, Any]]:
         {
             "name": status.name,
             "period": status.period,
-            "remaining": str(status.remaining.quantize(Decimal("0.01"))),
-            "limit": str(status.limit.quantize(Decimal("0.01"))),
+            "remaining": format_amount(status.remaining),
+            "limit": format_amount(status.limit),
             "currency": settings.COSTS_CURRENCY,
             "resets_at": status.resets_at.isoformat(),
             "blocking": status.blocking,

@@ -33,7 +33,7 @@ from django.utils import timezone
 
 from accounts.roles import ROLES
 from costs.models import MICRO, Budget, BudgetWindow, CostEntry
-from costs.services import period_bounds
+from costs.services import format_amount, period_bounds
 from providers.models import AIModel
 
 # A report spans at most this many days (a year, leap day included), within these years.
@@ -425,6 +425,7 @@ class CostChart:
     max_label_y: int
     tick_y: int  # baseline of the date labels
     max_cost: Decimal
+    max_label: str
     bars: list[ChartBar]
     ticks: list[ChartTick]
 
@@ -487,6 +488,7 @@ def cost_chart(
         max_label_y=top + 10,
         tick_y=bottom + 18,
         max_cost=max_cost,
+        max_label=format_amount(max_cost),
         bars=bars,
         ticks=ticks,
     )

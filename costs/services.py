@@ -160,8 +160,16 @@ def estimate_max(*, model: Any, input_tokens: int, when: dt.datetime) -> Estimat
     )
 
 
+def format_amount(amount: Decimal) -> str:
+    """An amount for people: cents, or as many decimals (up to six) as a small amount needs."""
+    cents = amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    if cents == amount or abs(amount) >= 1:
+        return str(cents)
+    return f"{amount.quantize(MICRO).normalize():f}"
+
+
 def _money(amount: Decimal) -> str:
-    return f"{amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP)} {settings.COSTS_CURRENCY}"
+    return f"{format_amount(amount)} {settings.COSTS_CURRENCY}"
 
 
 def _resets(reset_at: dt.datetime) -> str:

@@ -323,3 +323,16 @@ def test_a_reply_stopped_before_it_started_releases_its_hold(owner, priced_model
     reply_stop(actor=owner, message_id=result.reply.public_id)
     assert window(budget).reserved == 0
     assert Reservation.objects.get(message=result.reply).status == "settled"
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [("12.5", "12.50"), ("0.004", "0.004"), ("0.000015", "0.000015"), ("0", "0.00"),
+     ("1234.5678", "1234.57"), ("0.10", "0.10")],
+)  # fmt: skip
+def test_amounts_are_shown_in_cents_or_as_precisely_as_small_ones_need(
+    amount: str, shown: str
+) -> None:
+    from costs.services import format_amount
+
+    assert format_amount(Decimal(amount)) == shown
