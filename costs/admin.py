@@ -27,7 +27,7 @@ from django.utils.html import format_html
 from accounts.roles import ROLES
 from audit.admin import CappedCountPaginator
 from audit.console import ReadOnlyModelAdmin
-from costs import reports
+from costs import reports, services
 from costs.models import Budget, BudgetWindow, CostEntry, ModelPrice
 from providers.models import PROVIDER_CHOICES, AIModel
 
@@ -77,7 +77,19 @@ class ModelPriceAdmin(admin.ModelAdmin):
 # --- The ledger -------------------------------------------------------------------------------
 
 
-class ModelFilter(admin.SimpleListFilter):
+class ExactValueFilter(admin.SimpleListFilter):
+    """Filters a text column by one exact value (cut to the column's length)."""
+
+    max_length = 100
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if not value:
+            return queryset
+        return queryset.filter(**{str(self.parameter_name): value[: self.max_length]})
+
+
+class ModelFilter(ExactValueFilter):
     """Models of the catalogue (no DISTINCT scan of the ledger), plus a removed one if chosen."""
 
     title = "model"
@@ -90,33 +102,23 @@ class ModelFilter(admin.SimpleListFilter):
             choices.append((value[:100], value[:100]))
         return choices
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(model=value[:100]) if value else queryset
 
-
-class ProviderFilter(admin.SimpleListFilter):
+class ProviderFilter(ExactValueFilter):
     title = "provider"
     parameter_name = "provider"
+    max_length = 32
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [(key, key) for key, _ in PROVIDER_CHOICES]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(provider=value[:32]) if value else queryset
 
-
-class OutcomeFilter(admin.SimpleListFilter):
+class OutcomeFilter(ExactValueFilter):
     title = "outcome"
     parameter_name = "outcome"
+    max_length = 16
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
         return [("complete", "Complete"), ("failed", "Failed"), ("cancelled", "Cancelled")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(outcome=value[:16]) if value else queryset
 
 
 class DepartmentFilter(admin.SimpleListFilter):
@@ -344,7 +346,7 @@ class BudgetAdmin(admin.ModelAdmin):
     def get_changelist_instance(self, request: HttpRequest) -> Any:
         changelist = super().get_changelist_instance(request)
         budgets = list(changelist.result_list)
-        usage = reports.budget_usage(budgets=budgets)
+        usage = services.budget_usage(budgets=budgets)
         for budget in budgets:
             budget.current_usage = usage.get(budget.pk)
         return changelist
@@ -374,7 +376,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="used this period")
     def used_column(self, budget: Budget) -> str:
-        usage: reports.BudgetUsage | None = getattr(budget, "current_usage", None)
+        usage: services.BudgetUsage | None = getattr(budget, "current_usage", None)
         if usage is None:
             return "—"
         if usage.reserved:
@@ -387,7 +389,7 @@ class BudgetAdmin(admin.ModelAdmin):
 
     @admin.display(description="remaining")
     def remaining_column(self, budget: Budget) -> str:
-        usage: reports.BudgetUsage | None = getattr(budget, "current_usage", None)
+        usage: services.BudgetUsage | None = getattr(budget, "current_usage", None)
         if usage is None:
             return "—"
         return _money(max(Decimal(0), budget.limit_amount - usage.used))

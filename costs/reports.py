@@ -32,8 +32,8 @@ from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from accounts.roles import ROLES
-from costs.models import MICRO, Budget, BudgetWindow, CostEntry
-from costs.services import format_amount, period_bounds
+from costs.models import MICRO, CostEntry
+from costs.services import format_amount
 from providers.models import AIModel
 
 # A report spans at most this many days (a year, leap day included), within these years.
@@ -558,50 +558,3 @@ async def aspend_csv_chunks(*, filters: SpendFilters) -> AsyncIterator[bytes]:
 
 
 # --- Budgets in the console -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BudgetUsage:
-    """A budget's current period: what is spent and held, and what is left."""
-
-    period_start: dt.date
-    spent: Decimal
-    reserved: Decimal
-
-    @property
-    def used(self) -> Decimal:
-        return self.spent + self.reserved
-
-
-def budget_usage(
-    *, budgets: Iterable[Budget], now: dt.datetime | None = None
-) -> dict[int, BudgetUsage]:
-    """The current period's usage of each budget, by budget id, in one query.
-
-    A budget with no window yet for its current period (no call this period) is reported
-    with nothing spent.
-    """
-    now = now or timezone.now()
-    starts: dict[int, dt.date] = {}
-    condition = Q()
-    by_period: dict[str, list[int]] = {}
-    for budget in budgets:
-        by_period.setdefault(budget.period, []).append(budget.pk)
-    for period, ids in by_period.items():
-        start, _ = period_bounds(period, now)
-        starts.update(dict.fromkeys(ids, start))
-        condition |= Q(budget_id__in=ids, period_start=start)
-    if not starts:
-        return {}
-    usage = {
-        budget_id: BudgetUsage(period_start=start, spent=Decimal(0), reserved=Decimal(0))
-        for budget_id, start in starts.items()
-    }
-    windows = BudgetWindow.objects.filter(condition).values_list(
-        "budget_id", "period_start", "spent", "reserved"
-    )
-    for budget_id, start, spent, reserved in windows:
-        usage[budget_id] = BudgetUsage(
-            period_start=start, spent=_amount(spent), reserved=_amount(reserved)
-        )
-    return usage

@@ -408,6 +408,55 @@ def reservations_release_expired(*, now: dt.datetime | None = None) -> int:
     return released
 
 
+@dataclass(frozen=True)
+class BudgetUsage:
+    """A budget's current period: what is spent and held, and what is left."""
+
+    period_start: dt.date
+    spent: Decimal
+    reserved: Decimal
+
+    @property
+    def used(self) -> Decimal:
+        return self.spent + self.reserved
+
+
+def budget_usage(
+    *, budgets: Iterable[Budget], now: dt.datetime | None = None
+) -> dict[int, BudgetUsage]:
+    """The current period's usage of each budget, by budget id, in one query.
+
+    A budget with no window yet for its current period (no call this period) is reported
+    with nothing spent.
+    """
+    now = now or timezone.now()
+    starts: dict[int, dt.date] = {}
+    condition = Q()
+    by_period: dict[str, list[int]] = {}
+    for budget in budgets:
+        by_period.setdefault(budget.period, []).append(budget.pk)
+    for period, ids in by_period.items():
+        start, _ = period_bounds(period, now)
+        starts.update(dict.fromkeys(ids, start))
+        condition |= Q(budget_id__in=ids, period_start=start)
+    if not starts:
+        return {}
+    usage = {
+        budget_id: BudgetUsage(period_start=start, spent=Decimal(0), reserved=Decimal(0))
+        for budget_id, start in starts.items()
+    }
+    windows = BudgetWindow.objects.filter(condition).values_list(
+        "budget_id", "period_start", "spent", "reserved"
+    )
+    for budget_id, start, spent, reserved in windows:
+        usage[budget_id] = BudgetUsage(
+            period_start=start,
+            spent=Decimal(spent).quantize(MICRO),
+            reserved=Decimal(reserved).quantize(MICRO),
+        )
+    return usage
+
+
 # --- What a person sees -----------------------------------------------------------------------
 
 
@@ -425,11 +474,12 @@ class BudgetStatus:
 def budget_status_for(user: Any, budgets: Iterable[Budget] | None = None) -> list[BudgetStatus]:
     """The person's budgets for the current period: what is left and when it resets."""
     now = timezone.now()
+    budgets = list(budgets if budgets is not None else budgets_for(user))
+    usage = budget_usage(budgets=budgets, now=now)
     statuses = []
-    for budget in budgets if budgets is not None else budgets_for(user):
-        start, reset_at = period_bounds(budget.period, now)
-        window = BudgetWindow.objects.filter(budget=budget, period_start=start).first()
-        used = (window.spent + window.reserved) if window else Decimal(0)
+    for budget in budgets:
+        _, reset_at = period_bounds(budget.period, now)
+        used = usage[budget.pk].used
         statuses.append(
             BudgetStatus(
                 name=budget.name,
