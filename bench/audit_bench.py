@@ -100,15 +100,17 @@ def log(message: str) -> None:
 # --- Environment and database ------------------------------------------------------------------
 
 
-def configure_environment() -> None:
-    """Point Django at the benchmark database; inherited by the spawned worker processes."""
-    os.environ.update(BENCH_ENV)
-    for name in UNSET_ENV:
+def configure_environment(
+    env: dict[str, str] | None = None, unset: Sequence[str] = UNSET_ENV
+) -> None:
+    """Point Django at a benchmark's database; inherited by the spawned worker processes."""
+    os.environ.update(BENCH_ENV if env is None else env)
+    for name in unset:
         os.environ.pop(name, None)
 
 
-def setup_django() -> None:
-    configure_environment()
+def setup_django(env: dict[str, str] | None = None, unset: Sequence[str] = UNSET_ENV) -> None:
+    configure_environment(env, unset)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     # WhiteNoise warns that collectstatic has not been run; no static file is served here.
@@ -139,17 +141,17 @@ def postgres_facts() -> dict[str, Any]:
     return facts
 
 
-def recreate_database() -> None:
+def recreate_database(name: str = DB_NAME) -> None:
     with pg_connect() as conn:
-        name = sql.Identifier(DB_NAME)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+        identifier = sql.Identifier(name)
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(identifier))
 
 
-def drop_database() -> None:
+def drop_database(name: str = DB_NAME) -> None:
     with pg_connect() as conn:
         conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB_NAME))
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
         )
 
 
@@ -778,7 +780,7 @@ def chain_facts() -> dict[str, Any]:
 # --- Report ------------------------------------------------------------------------------------
 
 
-def _code_line(results: dict[str, Any]) -> str:
+def code_line(results: dict[str, Any]) -> str:
     def describe(state: dict[str, Any]) -> str:
         if not state:
             return "unknown (no git)"
@@ -813,7 +815,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Platform {m['platform']}; load average at start {m['load_average_at_start']}; "
         f"other active PostgreSQL clients at start: {pg['other_active_connections_at_start']}.",
         "",
-        _code_line(results),
+        code_line(results),
         "",
         "## Inserts: `audit_record`, one event per transaction",
         "",

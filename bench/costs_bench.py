@@ -45,7 +45,6 @@ import sys
 import time
 import traceback
 import uuid
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
@@ -54,17 +53,17 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
+from bench import audit_bench
 from bench.audit_bench import (
     PG_HOST,
     PG_PORT,
     PG_USER,
+    code_line,
     git_state,
     log,
     machine_facts,
     percentile,
-    pg_connect,
     postgres_facts,
     run_processes,
 )
@@ -101,34 +100,20 @@ BUDGET_SETS = ("none", "organisation", "organisation+department+personal")
 
 
 def configure_environment() -> None:
-    """Point Django at the benchmark database; inherited by the spawned caller processes."""
-    os.environ.update(BENCH_ENV)
-    for name in UNSET_ENV:
-        os.environ.pop(name, None)
+    """Point Django at this benchmark's database (also in the spawned caller processes)."""
+    audit_bench.configure_environment(BENCH_ENV, UNSET_ENV)
 
 
 def setup_django() -> None:
-    configure_environment()
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    warnings.filterwarnings("ignore", message="No directory at")
-    import django
-
-    django.setup()
+    audit_bench.setup_django(BENCH_ENV, UNSET_ENV)
 
 
 def recreate_database() -> None:
-    with pg_connect() as conn:
-        name = sql.Identifier(DB_NAME)
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+    audit_bench.recreate_database(DB_NAME)
 
 
 def drop_database() -> None:
-    with pg_connect() as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(DB_NAME))
-        )
+    audit_bench.drop_database(DB_NAME)
 
 
 def ms_stats(seconds: Sequence[float]) -> dict[str, float]:
@@ -524,23 +509,6 @@ def chat_turns(turns: int) -> list[dict[str, Any]]:
 # --- Report ------------------------------------------------------------------------------------
 
 
-def _code_line(results: dict[str, Any]) -> str:
-    def describe(state: dict[str, Any]) -> str:
-        if not state:
-            return "unknown (no git)"
-        modified = state["modified"]
-        extra = f" + {len(modified)} modified file(s): {', '.join(modified)}" if modified else ""
-        return f"commit {state['commit']}{extra}"
-
-    line = f"Code measured: {describe(results['git'])}."
-    if results["git_at_end"] != results["git"]:
-        line += (
-            f" **The code changed during the run** (at the end: {describe(results['git_at_end'])})"
-            ": these figures may mix two versions."
-        )
-    return line
-
-
 def render_markdown(results: dict[str, Any]) -> str:
     m, pg = results["machine"], results["postgres"]
     lines = [
@@ -559,7 +527,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         f"Platform {m['platform']}; load average at start {m['load_average_at_start']}; "
         f"other active PostgreSQL clients at start: {pg['other_active_connections_at_start']}.",
         "",
-        _code_line(results),
+        code_line(results),
         "",
         "## Throughput: reserve + settle on one budget",
         "",
