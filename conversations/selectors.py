@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 
 from accounts.models import User
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
@@ -17,14 +18,42 @@ from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
 
 
-def conversation_list(*, user: User, limit: int | None = None) -> list[Conversation]:
-    """The user's conversations, most recently active first."""
-    limit = min(limit or settings.CHAT_CONVERSATIONS_PER_PAGE, settings.CHAT_CONVERSATIONS_PER_PAGE)
-    return list(
-        Conversation.objects.filter(owner=user)
-        .order_by("-updated_at", "-id")
-        .only("public_id", "title", "updated_at")[:limit]
-    )
+@dataclass(frozen=True)
+class ConversationPage:
+    """One page of a user's conversations, and the cursor of the next (older) page."""
+
+    conversations: list[Conversation]
+    next_before: UUID | None
+
+
+def conversation_list(
+    *, user: User, before: UUID | None = None, limit: int | None = None
+) -> ConversationPage:
+    """The user's conversations, most recently active first, at most one page of them.
+
+    `before` is the public id of the last conversation of the previous page (a keyset
+    cursor: pages stay correct while conversations move to the top). Raises ChatError
+    ("not_found") when it is not one of the user's conversations.
+    """
+    per_page = settings.CHAT_CONVERSATIONS_PER_PAGE
+    limit = min(limit or per_page, per_page)
+    conversations = Conversation.objects.filter(owner=user).order_by("-updated_at", "-id")
+    if before is not None:
+        anchor = (
+            Conversation.objects.filter(owner=user, public_id=before)
+            .values("updated_at", "id")
+            .first()
+        )
+        if anchor is None:
+            raise not_found()
+        conversations = conversations.filter(
+            Q(updated_at__lt=anchor["updated_at"])
+            | Q(updated_at=anchor["updated_at"], id__lt=anchor["id"])
+        )
+    rows = list(conversations.only("public_id", "title", "updated_at")[: limit + 1])
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return ConversationPage(rows, rows[-1].public_id if more else None)
 
 
 def conversation_get_owned(*, user: User, public_id: UUID) -> Conversation:

@@ -14,9 +14,33 @@ from conversations.errors import ChatError
 from providers.registry import default_model_for, models_for_user
 
 
+def _before_param(request: HttpRequest) -> UUID | None:
+    """The `before` cursor of the conversation list: a conversation id, or absent."""
+    raw = request.GET.get("before")
+    if raw is None:
+        return None
+    try:
+        return UUID(raw[:36])
+    except ValueError:
+        raise ValueError("The 'before' parameter must be a conversation id.") from None
+
+
+def _bad_request(request: HttpRequest, reason: str) -> HttpResponse:
+    return render(request, "error.html", {"title": "Bad request", "reason": reason}, status=400)
+
+
 @require_GET
 def chat(request: HttpRequest, public_id: UUID | None = None) -> HttpResponse:
     user = request.user
+    try:
+        page = selectors.conversation_list(
+            user=user,  # type: ignore[arg-type]
+            before=_before_param(request),
+        )
+    except ChatError:
+        return _bad_request(request, "That page of conversations does not exist.")
+    except ValueError as exc:
+        return _bad_request(request, str(exc))
     snapshot = None
     if public_id is not None:
         try:
@@ -34,7 +58,8 @@ def chat(request: HttpRequest, public_id: UUID | None = None) -> HttpResponse:
         request,
         "conversations/chat.html",
         {
-            "conversations": selectors.conversation_list(user=user),  # type: ignore[arg-type]
+            "conversations": page.conversations,
+            "older_page": page.next_before,
             "current": snapshot,
             "current_id": str(public_id) if public_id else "",
             "models": models,

@@ -35,6 +35,46 @@ def test_list_is_capped(client: Client, owner, settings) -> None:
     assert len(client.get("/").context["conversations"]) == 3
 
 
+def test_older_pages_follow_the_cursor_to_the_end(
+    client: Client, owner, colleague, settings
+) -> None:
+    settings.CHAT_CONVERSATIONS_PER_PAGE = 2
+    for n in range(5):
+        conversation(owner, f"c{n}")
+    client.force_login(owner)
+    seen: list[str] = []
+    url = "/"
+    while url:
+        response = client.get(url)
+        assert response.status_code == 200
+        seen += [c.title for c in response.context["conversations"]]
+        older = response.context["older_page"]
+        url = f"/?before={older}" if older else ""
+        if older:
+            assert f'href="/?before={older}"' in response.content.decode()
+    assert seen == ["c4", "c3", "c2", "c1", "c0"]
+
+
+@pytest.mark.parametrize("before", ["not-an-id", "1' OR '1'='1", "x" * 5000])
+def test_a_malformed_cursor_is_a_clear_400(client: Client, owner, before: str) -> None:
+    client.force_login(owner)
+    response = client.get("/", {"before": before})
+    assert response.status_code == 400
+    assert "must be a conversation id" in response.content.decode()
+
+
+def test_a_cursor_of_someone_elses_conversation_is_refused(
+    client: Client, owner, colleague
+) -> None:
+    theirs = conversation(colleague, "Bob's")
+    conversation(owner, "Mine")
+    client.force_login(owner)
+    response = client.get("/", {"before": str(theirs.public_id)})
+    assert response.status_code == 400
+    assert "does not exist" in response.content.decode()
+    assert "Bob" not in response.content.decode()
+
+
 def test_foreign_conversation_is_not_found(client: Client, owner, outsider) -> None:
     theirs = conversation(owner, "Private")
     Message.objects.create(
