@@ -64,6 +64,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	$(UNSET_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
+	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
 
 format: venv
 	$(BIN)/ruff format .

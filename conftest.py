@@ -67,6 +67,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.skip(reason=problem))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_local_cache() -> None:
+    """Each test starts with an empty in-memory cache: rate-limit counters (the login form
+    allows LOGIN_RATE_LIMIT_PER_MINUTE posts per address) do not carry from test to test.
+    A shared Redis is left alone: clearing it would flush the channel layer and broker."""
+    from django.core.cache import caches
+    from django.core.cache.backends.locmem import LocMemCache
+
+    if isinstance(caches["default"], LocMemCache):
+        caches["default"].clear()
+
+
 # --- People -----------------------------------------------------------------------------------
 
 PASSWORD = "correct horse battery staple"
@@ -196,3 +208,15 @@ def _seeded_catalogue(request: pytest.FixtureRequest) -> None:
             "available_to_everyone": True,
         },
     )
+
+
+@pytest.fixture
+def google(settings: Any) -> Iterator[Any]:
+    """The Google Custom Search double on loopback, with search_internet pointed at it."""
+    from providers.testing.google_search import GoogleSearchDouble
+
+    with GoogleSearchDouble() as double:
+        settings.GOOGLE_SEARCH_API_KEY = double.api_key
+        settings.GOOGLE_SEARCH_ENGINE_ID = double.engine_id
+        settings.GOOGLE_SEARCH_ENDPOINT = double.endpoint
+        yield double

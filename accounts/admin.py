@@ -12,14 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts.models import User
 from accounts.roles import ADMINISTRATOR, COMPLIANCE_OFFICER, ROLES
+from accounts.services import lockout_clear, sessions_end_by_administrator
 from audit.legal_hold import legal_hold_actions
 
 PROTECTED_ROLES = (COMPLIANCE_OFFICER, ADMINISTRATOR)
@@ -50,10 +52,40 @@ class UserAdmin(DjangoUserAdmin):
         ("Dates", {"fields": ("last_login", "date_joined")}),
         ("Compliance", {"fields": ("legal_hold", "legal_hold_since", "public_id")}),
     )
-    actions = legal_hold_actions()
+    actions = [*legal_hold_actions(), "end_all_sessions", "clear_lockout"]
 
     def has_legal_hold_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.manage_legal_hold")
+
+    def has_end_sessions_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("accounts.change_user")
+
+    def has_clear_lockout_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("axes.delete_accessattempt")
+
+    @admin.action(
+        description="End all sessions (signs them out everywhere)", permissions=["end_sessions"]
+    )
+    def end_all_sessions(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        ended = sum(
+            sessions_end_by_administrator(user=user, actor=request.user) for user in queryset
+        )
+        self.message_user(
+            request,
+            f"Signed out {queryset.count()} people everywhere ({ended} sessions ended).",
+            messages.SUCCESS,
+        )
+
+    @admin.action(
+        description="Unlock sign-in (clear failed attempts)", permissions=["clear_lockout"]
+    )
+    def clear_lockout(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        cleared = sum(lockout_clear(user=user, actor=request.user) for user in queryset)
+        self.message_user(
+            request,
+            f"Unlocked {queryset.count()} people ({cleared} failed-attempt records cleared).",
+            messages.SUCCESS,
+        )
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

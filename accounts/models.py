@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
+from django.contrib.sessions.base_session import AbstractBaseSession
 from django.db import models, transaction
 from django.db.models.functions import Lower
 
@@ -38,6 +39,15 @@ class User(AbstractUser):
             ),
         ]
 
+    @classmethod
+    def from_db(cls, *args: Any, **kwargs: Any) -> Any:
+        instance: Any = super().from_db(*args, **kwargs)
+        # Whether it was active when read: deactivating ends the person's sessions
+        # (accounts/receivers.py).
+        if "is_active" in instance.__dict__:
+            instance._was_active = instance.is_active
+        return instance
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         # A new password on an existing account is a security event; a first one is not.
         password_changed = getattr(self, "_password", None) is not None and not self._state.adding
@@ -48,3 +58,23 @@ class User(AbstractUser):
                 from audit.services import audit_record
 
                 audit_record(action=AuditAction.PASSWORD_CHANGED, target=self)
+
+
+class UserSession(AbstractBaseSession):
+    """A server-side session that also records whose it is (SESSION_ENGINE accounts.session_store).
+
+    Django's own session table cannot be searched by user without decoding every row; this
+    indexed column lets "end all of this person's sessions" be one DELETE on SQLite and
+    PostgreSQL alike. It is kept up to date on every save, key cycling included.
+    """
+
+    user_id = models.BigIntegerField(null=True, db_index=True)
+
+    class Meta:
+        verbose_name = "session"
+
+    @classmethod
+    def get_session_store_class(cls) -> type[Any]:
+        from accounts.session_store import SessionStore
+
+        return SessionStore

@@ -4,7 +4,8 @@
 * **Compliance officer** — reads the audit trail, transcripts (each opening audited),
   people, models, prices, budgets and spend; exports and verifies the audit trail; places and
   releases legal holds. Changes nothing else.
-* **Administrator** — manages people, groups, the model catalogue, prices and budgets; reads
+* **Administrator** — manages people, groups, the model catalogue, prices, budgets and the
+  guardrail policy (compliance officers read it); reads
   spend; unlocks locked-out accounts; reads the audit trail. Cannot read transcripts, export
   the audit trail or alter it (nobody can alter it).
 
@@ -41,6 +42,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "costs.view_budgetwindow",
         "costs.view_costentry",
         "costs.view_modelprice",
+        "guardrails.view_guardrailpolicy",
     ),
     ADMINISTRATOR: (
         "accounts.access_console",
@@ -71,6 +73,8 @@ ROLES: dict[str, tuple[str, ...]] = {
         "costs.view_modelprice",
         "costs.add_modelprice",
         "costs.change_modelprice",
+        "guardrails.view_guardrailpolicy",
+        "guardrails.change_guardrailpolicy",
     ),
 }
 

@@ -15,18 +15,25 @@ class AuditAction(models.TextChoices):
     LOGIN = "auth.login", "Signed in"
     LOGIN_FAILED = "auth.login_failed", "Sign-in failed"
     LOCKOUT = "auth.lockout", "Locked out after repeated failures"
+    LOGIN_RATE_LIMITED = "auth.rate_limited", "Sign-in attempts from one address rate-limited"
     LOGOUT = "auth.logout", "Signed out"
     PASSWORD_CHANGED = "auth.password_changed", "Password changed"
+    SESSION_EXPIRED = "auth.session_expired", "Session expired (idle or absolute limit)"
+    SESSIONS_ENDED = "auth.sessions_ended", "All of a person's sessions ended"
+    LOCKOUT_CLEARED = "auth.lockout_cleared", "Sign-in lockout cleared by an administrator"
     # Chat socket
     WS_CONNECT = "ws.connect", "Chat socket opened"
     WS_REFUSED = "ws.refused", "Chat socket refused"
     WS_DISCONNECT = "ws.disconnect", "Chat socket closed"
+    WS_SESSION_ENDED = "ws.session_ended", "Chat socket closed: its session ended"
+    WS_RATE_LIMITED = "ws.rate_limited", "Chat socket frames refused by a rate limit"
     # Conversations
     MESSAGE_SENT = "message.sent", "Message sent"
     REPLY_COMPLETED = "reply.completed", "Reply completed"
     REPLY_FAILED = "reply.failed", "Reply failed"
     REPLY_CANCELLED = "reply.cancelled", "Reply cancelled"
     MODEL_REFUSED = "model.refused", "Model refused"
+    MESSAGE_RATE_LIMITED = "message.rate_limited", "Messages refused by a rate limit"
     CONVERSATION_ACCESS_DENIED = "conversation.access_denied", "Conversation access denied"
     CONVERSATION_VIEWED = "conversation.viewed", "Conversation reviewed in the console"
     # Administration (mirrors Django's admin log)
@@ -42,6 +49,11 @@ class AuditAction(models.TextChoices):
     BUDGET_REFUSED = "budget.refused", "Request refused by a budget"
     BUDGET_ALERT = "budget.alert", "Alert-only budget exceeded"
     BUDGET_WARNING = "budget.warning", "Budget warning threshold crossed"
+    # Guardrails
+    PII_DETECTED = "guardrail.pii_detected", "Personal data or secrets detected"
+    PII_BLOCKED = "guardrail.pii_blocked", "Message refused: personal data or secrets"
+    INJECTION_FLAGGED = "guardrail.injection_flagged", "Possible prompt injection flagged"
+    INJECTION_BLOCKED = "guardrail.injection_blocked", "Prompt injection refused or withheld"
     # Later features record through the same hook: add their actions here.
     TOOL_REFUSED = "tool.refused", "Tool call refused"
 

@@ -16,6 +16,8 @@ from typing import Any
 
 from django.utils.crypto import salted_hmac
 
+from enterprise_ai.client_ip import client_ip, client_ip_from_scope
+
 REQUEST_ID_HEADER = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,64}$")
 USER_AGENT_MAX = 512
@@ -58,24 +60,13 @@ def session_hash(session_key: str | None) -> str:
     return salted_hmac("audit.session", session_key, algorithm="sha256").hexdigest()
 
 
-def _valid_ip(value: str | None) -> str | None:
-    import ipaddress
-
-    if not value:
-        return None
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        return None
-
-
 def from_request(request: Any) -> AuditContext:
     """The context of an HTTP request, read now (the session key changes at sign-in)."""
     user = getattr(request, "user", None)
     session = getattr(request, "session", None)
     return AuditContext(
         actor=user if user is not None and user.is_authenticated else None,
-        ip=_valid_ip(request.META.get("REMOTE_ADDR")),
+        ip=client_ip(request),
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:USER_AGENT_MAX],
         session_hash=session_hash(session.session_key if session is not None else None),
         request_id=getattr(request, "request_id", "") or new_request_id(),
@@ -85,12 +76,11 @@ def from_request(request: Any) -> AuditContext:
 def from_scope(scope: dict[str, Any], *, request_id: str | None = None) -> AuditContext:
     """The context of a WebSocket connection (its ASGI scope)."""
     headers = dict(scope.get("headers") or [])
-    client = scope.get("client") or (None, None)
     user = scope.get("user")
     session = scope.get("session")
     return AuditContext(
         actor=user if user is not None and user.is_authenticated else None,
-        ip=_valid_ip(client[0]),
+        ip=client_ip_from_scope(scope),
         user_agent=headers.get(b"user-agent", b"").decode("latin-1")[:USER_AGENT_MAX],
         session_hash=session_hash(getattr(session, "session_key", None)),
         request_id=request_id or new_request_id(),

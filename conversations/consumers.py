@@ -7,6 +7,7 @@ a conversation is checked against the connected user before anything else happen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -18,17 +19,23 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from accounts import sessions
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.services import audit_record
 from conversations import selectors, services, streams
 from conversations.errors import ChatError
+from enterprise_ai import ratelimit
 from providers.registry import default_model_for
 
 logger = logging.getLogger(__name__)
 
 # Close code for a refused handshake (the browser sees HTTP 403).
 CLOSE_UNAUTHENTICATED = 4401
+# Close code of an open socket whose session ended (signed out, expired, ended elsewhere).
+CLOSE_SESSION_ENDED = 4440
+# How long the session watcher waits after a failed check before trying again.
+SESSION_WATCH_RETRY_SECONDS = 60
 
 
 def _parse_uuid(value: object, field: str) -> uuid.UUID:
@@ -50,12 +57,28 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             await self.audit(AuditAction.WS_REFUSED, AuditOutcome.DENIED, reason=reason)
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        self.session_key: str = getattr(self.scope.get("session"), "session_key", None) or ""
+        self.session_hash = audit_context.session_hash(self.session_key)
+        self.session_ended = False
+        check = await self.session_check(user_id=user.pk, touch=True)
+        if check.problem is not None:  # e.g. idle too long: the session cookie is stale
+            await self.audit(AuditAction.WS_REFUSED, AuditOutcome.DENIED, reason=check.problem)
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
         self.user = user
         self.subscriptions: set[str] = set()
+        # Joined before accepting: a session ended from now on reaches this socket.
+        self.user_group = sessions.user_group(user.public_id)
+        await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
+        self.session_watch = asyncio.create_task(self.watch_session(check.seconds_left))
         await self.audit(AuditAction.WS_CONNECT, AuditOutcome.SUCCESS)
 
     async def disconnect(self, code: int) -> None:
+        if hasattr(self, "session_watch"):
+            self.session_watch.cancel()
+        if hasattr(self, "user_group"):
+            await self.channel_layer.group_discard(self.user_group, self.channel_name)
         for group in getattr(self, "subscriptions", set()):
             await self.channel_layer.group_discard(group, self.channel_name)
         if hasattr(self, "user"):
@@ -79,11 +102,65 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             context=audit_context.from_scope(self.scope, request_id=self.connection_id),
         )
 
+    # --- The session behind the socket (accounts/sessions.py) ------------------------------
+
+    async def session_check(self, *, user_id: int, touch: bool) -> sessions.SocketCheck:
+        return await database_sync_to_async(sessions.socket_session_check)(
+            session_key=self.session_key, user_id=user_id, touch=touch
+        )
+
+    async def end_session(self, reason: str, *, trigger: str) -> None:
+        """Close the socket because its session ended; later frames are dropped unread."""
+        if self.session_ended:
+            return
+        self.session_ended = True
+        watch = getattr(self, "session_watch", None)
+        if watch is not None and watch is not asyncio.current_task():
+            watch.cancel()
+        await self.audit(
+            AuditAction.WS_SESSION_ENDED,
+            AuditOutcome.DENIED if trigger == "frame" else AuditOutcome.SUCCESS,
+            reason=reason,
+            trigger=trigger,
+        )
+        await self.close(code=CLOSE_SESSION_ENDED)
+
+    async def watch_session(self, seconds_left: int | None) -> None:
+        """Close the socket when its session reaches its idle or absolute limit, unprompted."""
+        while not self.session_ended:
+            wait = SESSION_WATCH_RETRY_SECONDS if seconds_left is None else seconds_left + 1
+            await asyncio.sleep(wait)
+            try:
+                check = await self.session_check(user_id=self.user.pk, touch=False)
+            except Exception as exc:
+                logger.warning("chat session check failed: %s", type(exc).__name__)
+                seconds_left = None
+                continue
+            if check.problem is not None:
+                await self.end_session(check.problem, trigger="timer")
+                return
+            seconds_left = check.seconds_left
+
+    async def session_end(self, event: dict[str, Any]) -> None:
+        """`session.end` from accounts.sessions.sockets_close: for this session, or all."""
+        if event.get("session") and event["session"] != self.session_hash:
+            return
+        await self.end_session(str(event.get("reason", ""))[:64], trigger="event")
+
     # --- Frames from the browser ------------------------------------------------------------
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        # Every frame re-checks the session first: one that ended is never acted on.
+        if self.session_ended:
+            return
+        check = await self.session_check(user_id=self.user.pk, touch=True)
+        if check.problem is not None:
+            await self.end_session(check.problem, trigger="frame")
+            return
+        if not await self.frame_allowed():
+            return
         if text_data is None:
             await self.send_error("bad_frame", "Only text frames carrying JSON are accepted.")
             return
@@ -95,7 +172,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         try:
             content = json.loads(text_data)
-        except ValueError:
+            # A \ud800 escape parses to a lone surrogate, which no database can store.
+            json.dumps(content, ensure_ascii=False).encode("utf-8")
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply to parse
             await self.send_error("bad_json", "The frame is not valid JSON.")
             return
         if not isinstance(content, dict):
@@ -103,13 +182,45 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.receive_json(content)
 
+    async def frame_allowed(self) -> bool:
+        """Count the frame against the person's CHAT_FRAMES_PER_MINUTE (all their sockets).
+
+        Over the limit a frame is answered with `rate_limited` and otherwise ignored: no
+        query, no audit event per frame. The first refusal of a window is audited, so a
+        flood of frames (say, subscribe requests for other people's conversations, each of
+        which would be audited) can neither load the database nor flood the audit trail.
+        """
+        limit = settings.CHAT_FRAMES_PER_MINUTE
+        if not limit:
+            return True
+        decision = await ratelimit.ahit(
+            f"chat:frames:{self.user.public_id}", limit=limit, window_seconds=60
+        )
+        if decision.allowed:
+            return True
+        if decision.first_refusal:
+            await self.audit(
+                AuditAction.WS_RATE_LIMITED,
+                AuditOutcome.DENIED,
+                limit=limit,
+                window_seconds=60,
+                retry_after=decision.retry_after,
+            )
+        await self.send_error(
+            "rate_limited",
+            f"Too many requests from this account; try again in {decision.retry_after} s.",
+            retry_after=decision.retry_after,
+        )
+        return False
+
     async def receive_json(self, content: dict[str, Any], **kwargs: Any) -> None:
         handlers: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
             "send": self.handle_send,
             "stop": self.handle_stop,
             "subscribe": self.handle_subscribe,
         }
-        handler = handlers.get(content.get("type"))  # type: ignore[arg-type]
+        frame_type = content.get("type")
+        handler = handlers.get(frame_type) if isinstance(frame_type, str) else None
         if handler is None:
             await self.send_error("unknown_type", "Unknown frame type; see the protocol.")
             return
@@ -117,7 +228,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             with audit_context.bind(self.frame_context()):
                 await handler(content)
         except ChatError as exc:
-            await self.send_error(exc.code, exc.reason)
+            await self.send_error(exc.code, exc.reason, retry_after=exc.retry_after)
         except Exception as exc:
             logger.error("chat frame %r failed: %s", content.get("type"), type(exc).__name__)
             await self.send_error("internal", "Something went wrong. Please try again.")
@@ -228,5 +339,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_error(self, event: dict[str, Any]) -> None:
         await self.send_json({**event, "type": "error"})
 
-    async def send_error(self, code: str, reason: str) -> None:
-        await self.send_json({"type": "error", "code": code, "reason": reason})
+    async def send_error(self, code: str, reason: str, *, retry_after: int | None = None) -> None:
+        frame: dict[str, Any] = {"type": "error", "code": code, "reason": reason}
+        if retry_after is not None:
+            frame["retry_after"] = retry_after
+        await self.send_json(frame)

@@ -6,10 +6,12 @@ from __future__ import annotations
 class ChatError(Exception):
     """A request from the user could not be carried out; nothing was stored."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: str, *, retry_after: int | None = None) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        # Seconds after which the same request may succeed (rate limits), else None.
+        self.retry_after = retry_after
 
 
 def not_found() -> ChatError:

@@ -15,9 +15,11 @@ from typing import Any
 from django.conf import settings
 
 from accounts.models import User
+from audit import context as audit_context
 from conversations import selectors, services, streams
 from conversations.models import Conversation, Message
 from costs.services import CallUsage
+from guardrails.services import reply_guard, system_prompt
 from providers.base import (
     ChatMessage,
     ChatRequest,
@@ -161,15 +163,17 @@ def _state_for(conversation: Conversation, spec: ModelSpec, reply: Message) -> d
 
 
 def _request(turn: Turn, spec: ModelSpec) -> ChatRequest:
+    # With tools, the system prompt says their results are data (guardrails).
+    prompt = system_prompt(settings.CHAT_SYSTEM_PROMPT, tools_offered=bool(turn.tools))
     budget = input_budget(
         context_window=spec.context_window,
         max_output_tokens=spec.max_output_tokens,
-        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+        system_prompt=prompt,
         tools=turn.tools,
     )
     return ChatRequest(
         model=spec.provider_model_id,
-        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+        system_prompt=prompt,
         messages=fit_window([*turn.history, *turn.rounds], budget=budget),
         max_output_tokens=spec.max_output_tokens,
         temperature=settings.CHAT_TEMPERATURE,
@@ -232,6 +236,16 @@ def reply_generate(*, reply_id: int) -> None:
     reply = services.reply_claim(reply_id=reply_id)
     if reply is None:
         return
+    # Events recorded while generating (guardrails, refused tools) carry the owner and the
+    # id of the request that asked for the reply.
+    context = audit_context.AuditContext(
+        actor=reply.conversation.owner, request_id=reply.request_id
+    )
+    with audit_context.bind(context):
+        _reply_generate(reply)
+
+
+def _reply_generate(reply: Message) -> None:
     conversation = reply.conversation
     user: User = conversation.owner
     batcher = DeltaBatcher(reply)
@@ -245,7 +259,10 @@ def reply_generate(*, reply_id: int) -> None:
 
     try:
         spec = get_model(reply.model)
-        turn.history = _history(reply)
+        # Guardrails: the provider sees placeholders instead of personal data and secrets
+        # (redact mode), in every message of the window, with one mapping for the reply.
+        guard = reply_guard(reply=reply)
+        turn.history = guard.messages(_history(reply))
         turn.tools = [tool.spec() for tool in tools_for(user)]
         turn.state = _state_for(conversation, spec, reply)
         turn.answered_by = spec.key
@@ -306,10 +323,14 @@ def reply_generate(*, reply_id: int) -> None:
             results = []
             for call in calls:
                 result = run_tool(call, user=user)
-                results.append(result)
+                # The model gets the result screened, redacted and delimited as data; the
+                # user's tool event shows what the tool returned.
+                results.append(guard.tool_result(result))
                 batcher.event("tool", tool=_record_tool(turn, call, result))
             turn.rounds += [
-                ChatMessage("assistant", "".join(round_text), tool_calls=tuple(calls)),
+                guard.own_turn(
+                    ChatMessage("assistant", "".join(round_text), tool_calls=tuple(calls))
+                ),
                 ChatMessage("user", "", tool_results=tuple(results)),
             ]
     except UnknownModel:

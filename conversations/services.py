@@ -36,7 +36,15 @@ from costs.services import (
     format_amount,
     ledger_settle,
 )
+from enterprise_ai import ratelimit
 from enterprise_ai.dispatch import dispatch
+from guardrails.services import (
+    GuardrailRefused,
+    Screening,
+    message_screen,
+    refusal_record,
+    screening_record,
+)
 from providers.base import ChatMessage
 from providers.registry import UnknownModel, model_for_user
 from providers.window import input_budget, message_tokens
@@ -44,6 +52,8 @@ from providers.window import input_budget, message_tokens
 TITLE_MAX_CHARS = 80
 GENERIC_FAILURE = "Something went wrong while generating this reply. Please try again."
 INTERRUPTED = "This reply was interrupted before it finished. Please try again."
+# When too many replies are in flight: a hint for the client, replies take seconds.
+IN_FLIGHT_RETRY_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -133,9 +143,11 @@ def message_send(
     Give `conversation_id` to continue a conversation the actor owns, or
     `new_conversation_id` (chosen by the caller so it can subscribe first) to start one.
     Raises ChatError: invalid / too_large (text), model_unavailable, not_found (not the
-    actor's conversation), busy (a reply is still being generated). Nothing is stored then,
-    except the audit event of a refused model or conversation.
+    actor's conversation), busy (a reply is still being generated), guardrail_blocked (the
+    guardrail policy refuses the text). Nothing is stored then, except the audit event of a
+    refused model, conversation or guardrail check.
     """
+    _check_message_rate(actor)
     text = _validate_text(text)
     if not isinstance(model_key, str):
         raise ChatError("invalid", "The model must be given by its name.")
@@ -162,13 +174,19 @@ def message_send(
             "with a larger context window.",
         )
 
-    # Seam: the guardrails issue screens `text` here.
+    # Guardrails (docs/guardrails.md): a refusal stores nothing and is recorded on its own.
+    try:
+        screening = message_screen(actor=actor, text=text)
+    except GuardrailRefused as exc:
+        refusal_record(actor=actor, refusal=exc, conversation_id=conversation_id)
+        raise ChatError("guardrail_blocked", exc.message) from None
 
     try:
         return _message_store(
             actor=actor,
             text=text,
             model=model,
+            screening=screening,
             conversation_id=conversation_id,
             new_conversation_id=new_conversation_id,
         )
@@ -187,6 +205,65 @@ def message_send(
             details={**exc.details, "model": model.key},
         )
         raise ChatError("budget_exceeded", exc.reason) from None
+
+
+def _check_message_rate(actor: User) -> None:
+    """Count one message against the actor's CHAT_MESSAGES_PER_MINUTE. Raises ChatError
+    ("rate_limited") with the seconds until the minute's window ends.
+
+    Every attempt counts, refused ones too, so a flood of bad frames is limited as well.
+    The first refusal in a window is audited; the rest are not, so the limit cannot be
+    used to flood the audit trail either.
+    """
+    limit = settings.CHAT_MESSAGES_PER_MINUTE
+    if not limit:
+        return
+    decision = ratelimit.hit(f"chat:send:{actor.public_id}", limit=limit, window_seconds=60)
+    if decision.allowed:
+        return
+    if decision.first_refusal:
+        audit_record(
+            action=AuditAction.MESSAGE_RATE_LIMITED,
+            actor=actor,
+            target=(TargetType.USER, actor.public_id),
+            outcome=AuditOutcome.DENIED,
+            details={"limit": limit, "window_seconds": 60, "retry_after": decision.retry_after},
+        )
+    raise ChatError(
+        "rate_limited",
+        f"You have sent {limit} messages this minute, the most allowed. "
+        f"Try again in {decision.retry_after} second{'s' if decision.retry_after != 1 else ''}.",
+        retry_after=decision.retry_after,
+    )
+
+
+def _check_replies_in_flight(actor: User) -> None:
+    """Refuse a send while the actor already has CHAT_MAX_REPLIES_IN_FLIGHT replies being
+    written (in any conversation). Raises ChatError("rate_limited").
+
+    Counted from the messages themselves, not a cache counter: a reply's status is the one
+    truth that survives a worker dying mid-reply, and replies older than
+    CHAT_REPLY_MAX_SECONDS (dead workers) do not count. The sender's user row is locked
+    first, so two sends at once cannot both see room for one more.
+    """
+    limit = settings.CHAT_MAX_REPLIES_IN_FLIGHT
+    if not limit:
+        return
+    list(User.objects.select_for_update().filter(pk=actor.pk).values_list("pk"))
+    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS)
+    in_flight = Message.objects.filter(
+        conversation__owner=actor,
+        role=Message.Role.ASSISTANT,
+        status__in=Message.IN_FLIGHT,
+        created_at__gte=cutoff,
+    ).count()
+    if in_flight >= limit:
+        raise ChatError(
+            "rate_limited",
+            f"You already have {in_flight} replies being written, the most at once. "
+            "Wait for one to finish (or stop one), then send again.",
+            retry_after=IN_FLIGHT_RETRY_SECONDS,
+        )
 
 
 def _input_estimate(*, conversation: Conversation, model: Any, budget: int) -> int:
@@ -213,6 +290,7 @@ def _message_store(
     model: Any,
     conversation_id: UUID | None,
     new_conversation_id: UUID | None,
+    screening: Screening | None = None,
 ) -> SendResult:
     request_id = audit_context.current().request_id or audit_context.new_request_id()
     input_budget_tokens = input_budget(
@@ -241,6 +319,7 @@ def _message_store(
         conversation.model = model.key
         conversation.save(update_fields=["model", "updated_at"])
 
+    _check_replies_in_flight(actor)
     user_message = Message.objects.create(
         conversation=conversation,
         role=Message.Role.USER,
@@ -274,6 +353,10 @@ def _message_store(
         ),
     )
 
+    if screening is not None:
+        screening_record(
+            screening=screening, actor=actor, conversation=conversation, message=user_message
+        )
     audit_record(
         action=AuditAction.MESSAGE_SENT,
         actor=actor,

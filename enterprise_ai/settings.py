@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import environ
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from enterprise_ai.env import Env
@@ -70,6 +71,11 @@ else:
     ALLOWED_HOSTS = env.list("ALLOWED_HOSTS")
     if not ALLOWED_HOSTS:
         raise ImproperlyConfigured("ALLOWED_HOSTS is required on the production path.")
+    if "*" in ALLOWED_HOSTS:
+        raise ImproperlyConfigured(
+            "ALLOWED_HOSTS must name the app's hosts on the production path, not '*': a "
+            "wildcard lets any Host header through (password-reset links, cache poisoning)."
+        )
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS")
 
 INSTALLED_APPS = [
@@ -82,6 +88,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "channels",
+    "csp",
     "axes",
     "accounts",
     "conversations",
@@ -89,10 +96,14 @@ INSTALLED_APPS = [
     "audit",
     "costs",
     "tools",
+    "guardrails",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy (CONTENT_SECURITY_POLICY below) and Permissions-Policy.
+    "enterprise_ai.security.ContentSecurityPolicyMiddleware",
+    "enterprise_ai.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -103,6 +114,9 @@ MIDDLEWARE = [
     # Every page needs a logged-in user unless its view is marked @login_not_required.
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    # Idle timeout and absolute lifetime of sessions: after authentication (who), the audit
+    # context (the expiry is recorded) and messages (the sign-in page explains why).
+    "accounts.middleware.SessionLifetimeMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Axes must come last: it turns a locked-out login attempt into the lockout page.
     "axes.middleware.AxesMiddleware",
@@ -228,16 +242,103 @@ AUTHENTICATION_BACKENDS = [
 ]
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", 5, min_value=1)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_MINUTES", 15, min_value=0) / 60  # hours
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+
+
+def _axes_lockout_parameters(value: str) -> list[str | list[str]]:
+    """ "username+ip_address,ip_address" -> [["username", "ip_address"], "ip_address"]."""
+    allowed = {"username", "ip_address", "user_agent"}
+    parameters: list[str | list[str]] = []
+    for entry in (part.strip() for part in value.split(",")):
+        names = [name.strip() for name in entry.split("+")]
+        if not entry or not set(names) <= allowed:
+            raise ImproperlyConfigured(
+                "AXES_LOCKOUT_PARAMETERS must be comma-separated entries of username, "
+                f"ip_address or user_agent joined by '+', not {value!r}."
+            )
+        parameters.append(names if len(names) > 1 else names[0])
+    return parameters
+
+
+# What a lockout applies to. Default: one username from one address, so a stranger cannot
+# lock a colleague out from elsewhere; guessing across many usernames from one address is
+# slowed by LOGIN_RATE_LIMIT_PER_MINUTE instead (docs/security.md, "Lockout").
+AXES_LOCKOUT_PARAMETERS = _axes_lockout_parameters(
+    env.str("AXES_LOCKOUT_PARAMETERS", "username+ip_address")
+)
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "accounts.views.lockout_response"
 AXES_VERBOSE = False
+# Axes, the audit trail and the login rate limit agree on who the client is.
+AXES_CLIENT_IP_CALLABLE = "enterprise_ai.client_ip.client_ip"
+# POSTs to the login page per client IP address per minute, on top of axes' per-account
+# lockout: it slows down guessing across many usernames from one address.
+LOGIN_RATE_LIMIT_PER_MINUTE = env.int("LOGIN_RATE_LIMIT_PER_MINUTE", 20, min_value=1)
 
-SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", 8 * 3600, min_value=60)
+# Server-side sessions that know their user, so all of a person's sessions can be ended.
+SESSION_ENGINE = "accounts.session_store"
+# A session ends after this long without a request or chat frame (accounts/middleware.py)...
+SESSION_IDLE_TIMEOUT_SECONDS = env.int("SESSION_IDLE_TIMEOUT_SECONDS", 30 * 60, min_value=60)
+# ...and this long after sign-in however active it is (SESSION_COOKIE_AGE: the older name).
+SESSION_ABSOLUTE_LIFETIME_SECONDS = env.int(
+    "SESSION_ABSOLUTE_LIFETIME_SECONDS", env.int("SESSION_COOKIE_AGE", 8 * 3600), min_value=300
+)
+if SESSION_IDLE_TIMEOUT_SECONDS > SESSION_ABSOLUTE_LIFETIME_SECONDS:
+    raise ImproperlyConfigured(
+        "SESSION_IDLE_TIMEOUT_SECONDS must not exceed SESSION_ABSOLUTE_LIFETIME_SECONDS."
+    )
+# The cookie and the stored session outlive the absolute limit (each save renews them), so
+# the limit is always enforced, and explained, by the middleware rather than by a lost cookie.
+SESSION_COOKIE_AGE = SESSION_ABSOLUTE_LIFETIME_SECONDS
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", not EMBEDDED)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SESSION_COOKIE_HTTPONLY = True
+# Lax, not Strict: Strict would drop the session on every link into the app from mail or
+# another site (people would land on the login page while signed in). Lax still keeps the
+# cookie off cross-site POSTs, frames and WebSocket handshakes; CSRF tokens and the
+# socket's Origin check do the rest.
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_HTTPONLY = True
+
+# --- HTTPS and security headers (docs/security.md) ----------------------------------------
+
+# How many reverse proxies stand in front of the app (0: clients connect to it directly).
+# Each must append the address it received the request from to X-Forwarded-For, and the
+# outermost must terminate TLS and set X-Forwarded-Proto. Never set it without such
+# proxies: clients could then choose the IP address they are logged and limited under, and
+# claim to be on HTTPS.
+TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", 0, min_value=0)
+if TRUSTED_PROXY_COUNT:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", not EMBEDDED)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 0 if EMBEDDED else 31_536_000, min_value=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+# Preloading is a commitment for the whole domain that takes months to undo: opt in.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", False)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# `check --deploy` asks for preload (security.W021); it is a deliberate opt-in here.
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
+
+# No inline script or style anywhere: templates load static files only. Images only from
+# the app itself or data: URLs, so an image a model writes into a reply never loads (and
+# cannot carry the conversation to another server in its URL).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],  # plus the page's own ws(s):// origin, per request
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+        "form-action": [SELF],
+    },
+}
 
 # --- Chat ---------------------------------------------------------------------------------
 
@@ -251,6 +352,12 @@ CHAT_SYSTEM_PROMPT = env.str(
 )
 CHAT_HISTORY_MAX_MESSAGES = env.int("CHAT_HISTORY_MAX_MESSAGES", 40, min_value=1)
 CHAT_CONVERSATIONS_PER_PAGE = env.int("CHAT_CONVERSATIONS_PER_PAGE", 50, min_value=1)
+# Rate limits per person (0: no limit): messages sent per minute, counted in the cache
+# (Redis on the production path), and replies being written at once across conversations.
+CHAT_MESSAGES_PER_MINUTE = env.int("CHAT_MESSAGES_PER_MINUTE", 20, min_value=0)
+CHAT_MAX_REPLIES_IN_FLIGHT = env.int("CHAT_MAX_REPLIES_IN_FLIGHT", 3, min_value=0)
+# Frames of any kind one person may send per minute over all their sockets (0: no limit).
+CHAT_FRAMES_PER_MINUTE = env.int("CHAT_FRAMES_PER_MINUTE", 120, min_value=0)
 # Deltas are batched: sent when this many milliseconds passed since the last send...
 CHAT_DELTA_FLUSH_MS = env.int("CHAT_DELTA_FLUSH_MS", 50, min_value=0)
 # ...or when this many characters are waiting, whichever comes first.
@@ -299,6 +406,8 @@ GOOGLE_SEARCH_ENDPOINT = env.str(
 )
 GOOGLE_SEARCH_MAX_RESULTS = env.int("GOOGLE_SEARCH_MAX_RESULTS", 5, min_value=1)
 GOOGLE_SEARCH_TIMEOUT_SECONDS = env.float("GOOGLE_SEARCH_TIMEOUT_SECONDS", 10, min_value=0.1)
+# list_my_conversations and read_conversation: the model may recall the user's own chats.
+TOOLS_READ_CONVERSATION_ENABLED = env.bool("TOOLS_READ_CONVERSATION_ENABLED", True)
 # A reply may go back and forth with tools at most this many times.
 CHAT_MAX_TOOL_ROUNDS = env.int("CHAT_MAX_TOOL_ROUNDS", 4, min_value=0)
 
@@ -374,7 +483,20 @@ CELERY_BEAT_SCHEDULE = {
         "task": "costs.tasks.release_expired_reservations",
         "schedule": 60.0,
     },
+    "accounts-clear-expired-sessions": {
+        "task": "accounts.tasks.clear_expired_sessions",
+        "schedule": 3600.0,
+    },
 }
+
+# --- Vulnerability reports (docs/security.md) ------------------------------------------------
+
+# Published in /.well-known/security.txt (RFC 9116), e.g. "mailto:security@example.com" or an
+# https:// form; empty: no security.txt is served.
+SECURITY_CONTACT = env.str("SECURITY_CONTACT")
+if SECURITY_CONTACT and not SECURITY_CONTACT.startswith(("mailto:", "https://", "tel:")):
+    raise ImproperlyConfigured("SECURITY_CONTACT must be a mailto:, https:// or tel: URI.")
+SECURITY_POLICY_URL = env.str("SECURITY_POLICY_URL")
 
 # --- Static files, i18n -------------------------------------------------------------------
 

@@ -5,6 +5,12 @@ timeout and an optional Django permission. It runs with the permissions of the u
 sent the message: a tool that user may not use is neither offered nor run. Whatever
 happens, running a tool yields a `ToolResult` for the model; failures become a plain
 sentence, never a stack trace.
+
+Refusals (OWASP LLM06, excessive agency) are recorded as `tool.refused` audit events: a call
+for a tool that does not exist, is switched off, or the user may not use, and a call a tool
+itself refuses by raising `ToolRefused` — typically an object the user may not touch. The
+model is told as little as possible: the same sentence whether an object is someone else's
+or does not exist.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 from django.db import connections
 
 from accounts.models import User
+from audit.catalogue import AuditAction, AuditOutcome
+from audit.services import audit_record
 from providers.base import ToolCall, ToolResult, ToolSpec
 
 logger = logging.getLogger(__name__)
@@ -30,6 +38,21 @@ _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tool")
 
 class ToolFailed(Exception):
     """A tool could not do its job. The message is shown to the model (and the user)."""
+
+
+class ToolRefused(Exception):
+    """The user the tool runs for may not do what the call asks.
+
+    `reason` is a short code for the audit trail (`not_owner`, `not_found`, ...), `target`
+    the (TargetType, id) the call was about, if any, and `message` the only thing the model
+    learns. `run_tool` records the refusal and turns it into a result.
+    """
+
+    def __init__(self, reason: str, *, target: tuple[str, str] | None = None, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.target = target
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -55,11 +78,31 @@ def register(tool: Tool) -> Tool:
     return tool
 
 
+def _refusal(tool: Tool | None, user: User) -> str | None:
+    """Why `user` may not use `tool` (an audit reason), or None when they may."""
+    if tool is None:
+        return "unknown_tool"
+    if not tool.is_enabled():
+        return "disabled"
+    if not user.is_active or (tool.permission is not None and not user.has_perm(tool.permission)):
+        return "not_permitted"
+    return None
+
+
 def _allowed(tool: Tool, user: User) -> bool:
-    return (
-        user.is_active
-        and tool.is_enabled()
-        and (tool.permission is None or user.has_perm(tool.permission))
+    return _refusal(tool, user) is None
+
+
+def _audit_refusal(
+    call: ToolCall, *, user: User, reason: str, target: tuple[str, str] | None = None
+) -> None:
+    # Facts only: the tool's name (model-chosen text, so bounded) and ids, never arguments.
+    audit_record(
+        action=AuditAction.TOOL_REFUSED,
+        actor=user,
+        target=target,
+        outcome=AuditOutcome.DENIED,
+        details={"tool": call.name[:100], "reason": reason},
     )
 
 
@@ -106,11 +149,18 @@ def _run_with_connection_cleanup(tool: Tool, arguments: Mapping[str, Any], user:
 
 
 def run_tool(call: ToolCall, *, user: User) -> ToolResult:
-    """Run the tool a model asked for, as `user`. Never raises: failures become results."""
+    """Run the tool a model asked for, as `user`.
+
+    Failures of the tool become results. A refused call (unknown, disabled or not permitted
+    tool, or `ToolRefused`) becomes a result too, and is recorded in the audit trail with
+    `user` as the actor and the bound audit context's request id; only a failure to write
+    that record propagates (like every `audit_record` failure).
+    """
     _load_builtin_tools()
     tool = TOOLS.get(call.name)
-    if tool is None or not _allowed(tool, user):
-        # Seam: the security issue audits refused tool calls here (OWASP LLM06).
+    reason = _refusal(tool, user)
+    if tool is None or reason is not None:
+        _audit_refusal(call, user=user, reason=reason or "unknown_tool")
         return ToolResult(call.id, call.name, f"The tool '{call.name}' is not available.", True)
     try:
         validate_arguments(tool.parameters, call.arguments)
@@ -120,6 +170,10 @@ def run_tool(call: ToolCall, *, user: User) -> ToolResult:
         return ToolResult(call.id, call.name, f"The tool '{call.name}' took too long.", True)
     except ToolFailed as exc:
         return ToolResult(call.id, call.name, str(exc), True)
+    except ToolRefused as exc:
+        # Audited here, not in the tool: the audit context is bound to this thread only.
+        _audit_refusal(call, user=user, reason=exc.reason, target=exc.target)
+        return ToolResult(call.id, call.name, exc.message, True)
     except Exception as exc:
         logger.error("tool %s failed: %s", call.name, type(exc).__name__)
         return ToolResult(call.id, call.name, f"The tool '{call.name}' failed.", True)
@@ -138,6 +192,6 @@ _loaded = False
 def _load_builtin_tools() -> None:
     global _loaded
     if not _loaded:
-        from tools import search  # noqa: F401  (registers search_internet)
+        from tools import recall, search  # noqa: F401  (they register their tools)
 
         _loaded = True

@@ -6,6 +6,7 @@ attributes and link targets. Hostile markup may survive as visible text; that is
 
 from __future__ import annotations
 
+from html import unescape
 from html.parser import HTMLParser
 from urllib.parse import urlparse
 
@@ -13,7 +14,7 @@ import pytest
 
 from conversations.rendering import render_markdown
 
-SAFE_SCHEMES = {"http", "https", "mailto"}
+SAFE_SCHEMES = {"http", "https"}
 
 
 class Elements(HTMLParser):
@@ -57,6 +58,12 @@ def assert_inert(html: str) -> None:
         "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==)",
         '<div style="background:url(javascript:alert(1))">x</div>',
         "[x](vbscript:msgbox)",
+        "[mail](mailto:someone@example.com)",
+        "<someone@example.com>",
+        "[home](/admin/)",
+        "[same origin](https:admin/)",
+        "[protocol relative](//evil.example/x)",
+        "![pixel](javascript:alert(1))",
     ],
 )
 def test_hostile_reply_renders_inert(hostile: str) -> None:
@@ -99,3 +106,45 @@ def test_markdown_formatting_survives() -> None:
 def test_images_are_not_loaded_automatically() -> None:
     html = render_markdown("![logo](https://example.com/logo.png)")
     assert "img" not in [tag for tag, _ in elements(html)]
+
+
+def test_an_image_becomes_a_link_labelled_with_its_alt_text() -> None:
+    html = render_markdown("See ![the logo](https://example.com/logo.png).")
+    assert elements(html) == [
+        ("p", {}),
+        (
+            "a",
+            {"href": "https://example.com/logo.png", "rel": "noopener noreferrer nofollow"},
+        ),
+    ]
+    assert ">the logo</a>" in html
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "[mail](mailto:someone@example.com)",
+        "<someone@example.com>",
+        "[page](/conversations/)",
+        "[anchor](#top)",
+        "[protocol relative](//evil.example/x)",
+        "[scheme relative](https:admin/)",
+        "[ftp](ftp://example.com/file)",
+        "[tel](tel:+4930123)",
+    ],
+)
+def test_only_absolute_http_and_https_links_are_links(link: str) -> None:
+    html = render_markdown(link)
+    assert [tag for tag, _ in elements(html)] == ["p"], html
+    # Shown as the text the model wrote, so the reader still sees the target.
+    assert unescape(html.removeprefix("<p>").removesuffix("</p>\n")) == link
+
+
+@pytest.mark.parametrize(
+    "link", ["https://example.com/a?b=c#d", "http://example.com", "HTTPS://EXAMPLE.COM/x"]
+)
+def test_http_and_https_links_keep_their_target_and_rel(link: str) -> None:
+    html = render_markdown(f"[site]({link})")
+    [(_, _), (tag, attrs)] = elements(html)
+    assert tag == "a" and attrs["rel"] == "noopener noreferrer nofollow"
+    assert (attrs["href"] or "").lower() == link.lower()

@@ -324,8 +324,14 @@ function connect() {
     if (handler && isForThisPage(frame)) handler(frame);
   });
 
-  socket.addEventListener("close", () => {
+  socket.addEventListener("close", (event) => {
     if (state.socket !== socket) return;
+    if (event.code === 4440) {
+      // The session ended (signed out, expired, ended by an administrator): reloading
+      // leads to the sign-in page, which says why.
+      location.reload();
+      return;
+    }
     if (state.pendingBubble) handlers.error({ reason: "The connection was lost before the message was sent." });
     const delay = Math.min(15000, 500 * 2 ** state.retries) * (0.5 + Math.random() / 2);
     state.retries += 1;

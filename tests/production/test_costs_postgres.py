@@ -72,8 +72,14 @@ OUTPUT_PRICE = Decimal("15")
 
 
 @pytest.fixture
-def priced_model(fast_demo: None) -> AIModel:
-    """A demo-provider model (fast, offline) with a price in force since yesterday."""
+def priced_model(fast_demo: None, settings: Any) -> AIModel:
+    """A demo-provider model (fast, offline) with a price in force since yesterday.
+
+    The per-person rate limits are off: these tests race one person's sends on purpose
+    (tests/production/test_limits_postgres.py holds the limits to account).
+    """
+    settings.CHAT_MESSAGES_PER_MINUTE = 0
+    settings.CHAT_MAX_REPLIES_IN_FLIGHT = 0
     model = AIModel.objects.create(
         key=MODEL,
         display_name="Priced demo",

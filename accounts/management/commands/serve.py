@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from daphne.cli import CommandLineInterface
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
-from enterprise_ai import scheduler
+from enterprise_ai import daphne_server, scheduler
 
 
 class Command(BaseCommand):
@@ -28,4 +27,7 @@ class Command(BaseCommand):
                 "Periodic tasks (audit checkpoints) run in this process every "
                 f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s."
             )
-        CommandLineInterface().run(["-b", host, "-p", str(port), "enterprise_ai.asgi:application"])
+        # daphne refuses client frames and messages over the chat's limit from their headers,
+        # before buffering them (enterprise_ai/daphne_server.py).
+        cli, limits = daphne_server.command_line_interface(daphne_server.incoming_limit())
+        cli.run(["-b", host, "-p", str(port), *limits, "enterprise_ai.asgi:application"])

@@ -1,0 +1,82 @@
+"""Daphne with a limit on the size of what a WebSocket client may send.
+
+The chat consumer refuses frames over CHAT_MAX_FRAME_BYTES, but only after the server has
+received and buffered them whole; daphne's own limit is 1 MiB. `manage.py serve` runs the
+server defined here instead, which refuses earlier, from the frame headers alone:
+
+* a frame whose header announces more than `incoming_limit()` bytes closes the connection
+  with 1009 (message too big) before its payload is read and buffered (autobahn's
+  maxFramePayloadSize, passed as daphne's --websocket-max-frame-size);
+* a message fragmented into many small frames closes it the same way as soon as the frames
+  so far add up to more than the limit (autobahn's maxMessagePayloadSize would do this, but
+  it also caps what the server sends, and replies may legitimately be larger: so the check
+  is made here, for incoming messages only).
+
+The limit is CHAT_MAX_FRAME_BYTES plus a margin, so a frame just over the limit still gets
+the consumer's explanatory `too_large` error instead of a closed socket.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from daphne.cli import CommandLineInterface
+from daphne.server import Server
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from django.conf import settings
+
+MARGIN_BYTES = 4096
+
+
+def incoming_limit() -> int:
+    """Largest WebSocket frame or message (bytes) the server reads from a client."""
+    return int(settings.CHAT_MAX_FRAME_BYTES) + MARGIN_BYTES
+
+
+class BoundedWebSocketProtocol(WebSocketProtocol):
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        limit = self.factory.max_incoming_message_bytes
+        if not self.failedByMe and 0 < limit < self.message_data_total_length:
+            self.wasMaxMessagePayloadSizeExceeded = True
+            self._max_message_size_exceeded(
+                self.message_data_total_length,
+                limit,
+                f"received WebSocket message size {self.message_data_total_length} exceeds "
+                f"payload limit of {limit} octets",
+            )
+
+
+class BoundedServer(Server):
+    """daphne's Server whose WebSocket factory builds `BoundedWebSocketProtocol`s.
+
+    `Server.run` creates the factory and starts the reactor in one method; assigning
+    `ws_factory` is the one point between the two, so the factory is adjusted there.
+    """
+
+    max_incoming_message_bytes = 0  # set by `command_line_interface`
+
+    @property
+    def ws_factory(self) -> WebSocketFactory:
+        return self._bounded_ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: WebSocketFactory) -> None:
+        factory.protocol = BoundedWebSocketProtocol
+        factory.max_incoming_message_bytes = self.max_incoming_message_bytes
+        # Answer a refused frame with a close frame (1009, and the limit in the reason), so
+        # that clients learn why; autobahn's default drops the TCP connection silently. A
+        # client that keeps sending is dropped after the close handshake timeout anyway.
+        factory.setProtocolOptions(failByDrop=False)
+        self._bounded_ws_factory = factory
+
+
+def command_line_interface(max_incoming_bytes: int) -> tuple[CommandLineInterface, list[str]]:
+    """daphne's CLI running a BoundedServer, and the arguments that set its frame limit."""
+
+    class _Server(BoundedServer):
+        max_incoming_message_bytes = max_incoming_bytes
+
+    cli: Any = CommandLineInterface()
+    cli.server_class = _Server
+    return cli, ["--websocket-max-frame-size", str(max_incoming_bytes)]
