@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -28,6 +28,7 @@ from audit import chain
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
+from enterprise_ai import ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,51 @@ def _build(spec: EventSpec, *, sequence: int, prev_hash: str, now: datetime) -> 
     return AuditEvent(**fields, hash=chain.event_hash(fields))
 
 
+def _denial_sampled(*, action: str, actor: Any, ip: str | None) -> dict[str, Any] | None:
+    """Whether a denied event may be written: at most AUDIT_DENIALS_PER_MINUTE of one action
+    per person (or, when anonymous, per address) per minute.
+
+    Denials are what an attacker can cause at will, often without signing in (refused
+    handshakes), and the trail is append-only: uncapped, they would be a way to fill the
+    database for good. Returns None to skip the event, {} to write it as is, or the details
+    to add to the one event that says that further denials of the minute are not recorded.
+    """
+    limit = settings.AUDIT_DENIALS_PER_MINUTE
+    if not limit:
+        return {}
+    source = f"user:{actor.pk}" if actor is not None else f"ip:{ip or 'unknown'}"
+    decision = ratelimit.hit(f"audit:denied:{action}:{source}", limit=limit, window_seconds=60)
+    if decision.allowed:
+        return {}
+    if decision.first_refusal:
+        return {"further_denials_unrecorded_for_seconds": decision.retry_after}
+    return None
+
+
+@overload
+def audit_record(
+    *,
+    action: AuditAction | str,
+    actor: Any = ...,
+    target: TargetLike = ...,
+    outcome: Literal[AuditOutcome.SUCCESS, AuditOutcome.FAILED] = ...,
+    details: Mapping[str, Any] | None = ...,
+    context: audit_context.AuditContext | None = ...,
+) -> AuditEvent: ...
+
+
+@overload
+def audit_record(
+    *,
+    action: AuditAction | str,
+    actor: Any = ...,
+    target: TargetLike = ...,
+    outcome: AuditOutcome | str,
+    details: Mapping[str, Any] | None = ...,
+    context: audit_context.AuditContext | None = ...,
+) -> AuditEvent | None: ...
+
+
 def audit_record(
     *,
     action: AuditAction | str,
@@ -126,20 +172,29 @@ def audit_record(
     outcome: AuditOutcome | str = AuditOutcome.SUCCESS,
     details: Mapping[str, Any] | None = None,
     context: audit_context.AuditContext | None = None,
-) -> AuditEvent:
+) -> AuditEvent | None:
     """Append one event to the chain and return it.
 
     `actor` defaults to the person of the current request or socket (`context` or the bound
     one); pass `actor=None` for anonymous or system events. `details` holds facts — ids, field
     names, counts — never message text, passwords or secrets. Raises nothing of its own;
     database errors propagate so the change being recorded rolls back with the event.
+
+    Denied events are capped per person or address (`_denial_sampled`): past the cap in a
+    minute, one event says so and the rest return None unwritten.
     """
     ctx = context or audit_context.current()
+    actor = ctx.actor if actor is _FROM_CONTEXT else actor
     target_type, target_id, extra = target_of(target)
+    if str(outcome) == AuditOutcome.DENIED:
+        sampled = _denial_sampled(action=str(action), actor=actor, ip=ctx.ip)
+        if sampled is None:
+            return None
+        extra = {**extra, **sampled}
     spec = EventSpec(
         action=action,
         outcome=outcome,
-        actor=ctx.actor if actor is _FROM_CONTEXT else actor,
+        actor=actor,
         ip=ctx.ip,
         user_agent=ctx.user_agent,
         session_hash=ctx.session_hash,

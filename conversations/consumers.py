@@ -272,6 +272,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "user_message": str(result.user_message.public_id),
                 "message": str(result.reply.public_id),
                 "model": result.reply.model,
+                **({"notice": result.notice} if result.notice else {}),
             }
         )
 

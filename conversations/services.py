@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -42,6 +42,7 @@ from guardrails.services import (
     GuardrailRefused,
     Screening,
     message_screen,
+    redaction_notice,
     refusal_record,
     screening_record,
 )
@@ -62,6 +63,8 @@ class SendResult:
     user_message: Message
     reply: Message
     created: bool
+    # For the sender, e.g. that the model sees placeholders instead of personal data.
+    notice: str = ""
 
 
 def title_from_text(text: str) -> str:
@@ -144,8 +147,9 @@ def message_send(
     `new_conversation_id` (chosen by the caller so it can subscribe first) to start one.
     Raises ChatError: invalid / too_large (text), model_unavailable, not_found (not the
     actor's conversation), busy (a reply is still being generated), guardrail_blocked (the
-    guardrail policy refuses the text). Nothing is stored then, except the audit event of a
-    refused model, conversation or guardrail check.
+    guardrail policy refuses the text), rate_limited (too many messages this minute or
+    replies in flight), budget_exceeded. Nothing is stored then, except the audit event of
+    a refused model, conversation, guardrail check or rate limit.
     """
     _check_message_rate(actor)
     text = _validate_text(text)
@@ -182,7 +186,7 @@ def message_send(
         raise ChatError("guardrail_blocked", exc.message) from None
 
     try:
-        return _message_store(
+        result = _message_store(
             actor=actor,
             text=text,
             model=model,
@@ -190,6 +194,7 @@ def message_send(
             conversation_id=conversation_id,
             new_conversation_id=new_conversation_id,
         )
+        return replace(result, notice=redaction_notice(screening))
     except ChatError as exc:
         if exc.code == "not_found":
             conversation_access_denied(actor=actor, conversation_id=conversation_id)

@@ -100,6 +100,16 @@ def message_screen(*, actor: Any, text: str) -> Screening:
     return Screening(dlp_mode=policy.dlp_mode, pii=pii, injection=found, threshold=threshold)
 
 
+def redaction_notice(screening: Screening) -> str:
+    """What the sender is told when the policy redacts their message for the provider."""
+    if screening.dlp_mode != DlpMode.REDACT or not screening.pii:
+        return ""
+    return (
+        f"Your organisation's data policy: the model sees a placeholder instead of "
+        f"{dlp.describe(screening.pii)} in this message. Your conversation keeps the original."
+    )
+
+
 def refusal_record(*, actor: Any, refusal: GuardrailRefused, conversation_id: UUID | None) -> None:
     """Record a refused message. Called after the refused send, in a transaction of its own."""
     audit_record(

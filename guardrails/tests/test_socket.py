@@ -46,3 +46,39 @@ async def test_a_blocked_message_gets_an_error_frame_and_nothing_is_stored(
     frames = await receive_until(comm, is_final)
     await comm.disconnect()
     assert frames[0]["type"] == "accepted" and frames[-1]["type"] == "done"
+
+
+async def test_a_redacted_message_is_accepted_with_a_notice_naming_the_kinds(
+    owner, session_cookie, fast_demo
+) -> None:
+    def redact() -> None:
+        policy = GuardrailPolicy.current()
+        policy.dlp_mode = "redact"
+        policy.save()
+
+    await sync_to_async(redact)()
+    comm = await connected(await sync_to_async(session_cookie)(owner))
+    await comm.send_json_to(
+        {"type": "send", "conversation": None, "text": "Mail ann@example.com", "model": "demo"}
+    )
+    frames = await receive_until(comm, is_final)
+    accepted = frames[0]
+    assert accepted["type"] == "accepted"
+    assert accepted["notice"] == (
+        "Your organisation's data policy: the model sees a placeholder instead of an e-mail "
+        "address in this message. Your conversation keeps the original."
+    )
+    assert "ann@example.com" not in accepted["notice"]
+
+    # Without a finding there is no notice.
+    await comm.send_json_to(
+        {
+            "type": "send",
+            "conversation": accepted["conversation"],
+            "text": "Thanks",
+            "model": "demo",
+        }
+    )
+    frames = await receive_until(comm, is_final)
+    await comm.disconnect()
+    assert frames[0]["type"] == "accepted" and "notice" not in frames[0]

@@ -195,7 +195,10 @@ const handlers = {
   },
 
   accepted(frame) {
-    if (state.pendingBubble) state.pendingBubble.dataset.id = frame.user_message;
+    if (state.pendingBubble) {
+      state.pendingBubble.dataset.id = frame.user_message;
+      if (frame.notice) addNote(state.pendingBubble, "msg-note", frame.notice);
+    }
     state.pendingText = null;
     state.pendingBubble = null;
     if (frame.created || !state.conversation) {
