@@ -152,6 +152,50 @@ async def test_own_password_change_keeps_this_session_and_ends_the_others(admini
     assert await sync_to_async(UserSession.objects.filter(user_id=administrator.pk).count)() == 1
 
 
+async def test_anyone_changes_their_own_password_and_their_other_browsers_are_signed_out(
+    staff_member,
+) -> None:
+    old_password = "an old long passphrase 7"
+    await sync_to_async(staff_member.set_password)(old_password)
+    await sync_to_async(staff_member.save)()
+    client, _ = await sync_to_async(signed_in)(staff_member)
+    _, other_cookie = await sync_to_async(signed_in)(staff_member)
+    other = await connected(other_cookie)
+
+    refused = await sync_to_async(client.post)(
+        "/accounts/password/",
+        {
+            "old_password": "not the password",
+            "new_password1": "a new long passphrase 42",
+            "new_password2": "a new long passphrase 42",
+        },
+    )
+    assert refused.status_code == 200
+    assert "Your old password was entered incorrectly" in refused.content.decode()
+    assert await other.receive_nothing(timeout=0.3)
+
+    response = await sync_to_async(client.post)(
+        "/accounts/password/",
+        {
+            "old_password": old_password,
+            "new_password1": "a new long passphrase 42",
+            "new_password2": "a new long passphrase 42",
+        },
+    )
+    assert response.status_code == 302 and response["Location"] == "/accounts/password/done/"
+    await assert_closed_for_session_end(other)
+    await assert_next_frame_ignored(other)
+    assert (await sync_to_async(client.get)("/")).status_code == 200  # this browser stays in
+    changed = await sync_to_async(
+        AuditEvent.objects.filter(action=AuditAction.PASSWORD_CHANGED).order_by("sequence").last
+    )()
+    assert changed is not None and changed.actor_id == staff_member.pk  # by themselves
+    ended = await sync_to_async(
+        AuditEvent.objects.filter(action=AuditAction.SESSIONS_ENDED).order_by("sequence").last
+    )()
+    assert ended is not None and ended.details["reason"] == sessions.PASSWORD_CHANGED
+
+
 # --- An administrator ends all sessions ----------------------------------------------------
 
 
