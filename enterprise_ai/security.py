@@ -7,7 +7,10 @@ CSP Level 3 browsers already let 'self' cover it; naming it keeps older ones wor
 allows nothing beyond the host that served the page.
 
 `SecurityHeadersMiddleware` adds `Permissions-Policy`: the app uses none of the powerful
-browser features, so all of them are off, also for anything that might be framed.
+browser features, so all of them are off, also for anything that might be framed. And it
+marks every response to a signed-in person `Cache-Control: no-store` unless the view chose
+its own caching: conversations must not stay in the browser's cache, where the back button
+or the next person at a shared computer would find them after sign-out.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from csp.middleware import CSPMiddleware, PolicyParts
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.utils.cache import patch_cache_control
 
 PERMISSIONS_POLICY = ", ".join(
     f"{feature}=()"
@@ -61,4 +65,7 @@ class SecurityHeadersMiddleware:
         response = self.get_response(request)
         if self.permissions_policy and "Permissions-Policy" not in response:
             response["Permissions-Policy"] = self.permissions_policy
+        user = getattr(request, "user", None)  # static files never reach authentication
+        if user is not None and user.is_authenticated and "Cache-Control" not in response:
+            patch_cache_control(response, no_store=True, private=True)
         return response

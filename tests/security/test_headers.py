@@ -11,6 +11,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
+from conversations.models import Conversation
+
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,6 +89,16 @@ def test_chat_page(client: Client, owner: Any) -> None:
     assert response.status_code == 200
     assert_security_headers(response)
     assert inline_code(response.content.decode()) == []
+
+
+def test_pages_for_a_signed_in_person_are_not_cached(client: Client, owner: Any) -> None:
+    conversation = Conversation.objects.create(owner=owner, title="Plans", model="demo")
+    client.force_login(owner)
+    for url in ("/", f"/c/{conversation.public_id}/"):
+        cache_control = client.get(url)["Cache-Control"]
+        assert "no-store" in cache_control and "private" in cache_control
+    # Static files keep their own caching.
+    assert "no-store" not in client.get("/static/css/app.css").get("Cache-Control", "")
 
 
 def test_login_page(client: Client) -> None:
