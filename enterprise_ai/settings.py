@@ -291,6 +291,13 @@ if SESSION_IDLE_TIMEOUT_SECONDS > SESSION_ABSOLUTE_LIFETIME_SECONDS:
 SESSION_COOKIE_AGE = SESSION_ABSOLUTE_LIFETIME_SECONDS
 SESSION_COOKIE_SECURE = env.bool("SECURE_COOKIES", not EMBEDDED)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+if SESSION_COOKIE_SECURE:
+    # The __Host- prefix makes browsers accept the cookie only when it is Secure, for this
+    # exact host and path /: a sibling subdomain cannot plant or overwrite it (session
+    # fixation, CSRF token injection). Browsers refuse such cookies over plain HTTP, hence
+    # only with secure cookies.
+    SESSION_COOKIE_NAME = "__Host-sessionid"
+    CSRF_COOKIE_NAME = "__Host-csrftoken"
 SESSION_COOKIE_HTTPONLY = True
 # Lax, not Strict: Strict would drop the session on every link into the app from mail or
 # another site (people would land on the login page while signed in). Lax still keeps the

@@ -22,12 +22,13 @@ PRODUCTION = {
 }
 PROBE = """
 import json
-import enterprise_ai.settings as s
+from django.conf import settings as s  # the module's values over Django's defaults
 print(json.dumps({name: getattr(s, name, None) for name in [
     "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
     "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER", "SECURE_REDIRECT_EXEMPT",
     "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY",
     "SESSION_COOKIE_SAMESITE", "TRUSTED_PROXY_COUNT", "LOGIN_RATE_LIMIT_PER_MINUTE",
+    "SESSION_COOKIE_NAME", "CSRF_COOKIE_NAME", "SESSION_COOKIE_DOMAIN", "SESSION_COOKIE_PATH",
 ]}))
 """
 
@@ -87,6 +88,10 @@ def test_production_defaults_are_strict(tmp_path: Path) -> None:
     assert s["SESSION_COOKIE_HTTPONLY"] is True and s["SESSION_COOKIE_SAMESITE"] == "Lax"
     assert s["TRUSTED_PROXY_COUNT"] == 0
     assert s["LOGIN_RATE_LIMIT_PER_MINUTE"] == 20
+    # __Host- cookies: Secure, no Domain, path / (browsers enforce the prefix's rules).
+    assert s["SESSION_COOKIE_NAME"] == "__Host-sessionid"
+    assert s["CSRF_COOKIE_NAME"] == "__Host-csrftoken"
+    assert s["SESSION_COOKIE_DOMAIN"] is None and s["SESSION_COOKIE_PATH"] == "/"
 
 
 def test_behind_a_trusted_proxy_its_https_header_is_believed(tmp_path: Path) -> None:
@@ -100,6 +105,7 @@ def test_embedded_mode_serves_plain_http(tmp_path: Path) -> None:
     assert s["SECURE_SSL_REDIRECT"] is False
     assert s["SECURE_HSTS_SECONDS"] == 0
     assert s["SESSION_COOKIE_SECURE"] is False
+    assert s["SESSION_COOKIE_NAME"] == "sessionid"  # a __Host- cookie needs HTTPS
 
 
 def test_production_refuses_a_wildcard_host(tmp_path: Path) -> None:
