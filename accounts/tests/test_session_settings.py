@@ -2,51 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-PROBE = """
-import json
-import enterprise_ai.settings as s
-print(json.dumps([s.SESSION_IDLE_TIMEOUT_SECONDS, s.SESSION_ABSOLUTE_LIFETIME_SECONDS,
-                  s.SESSION_COOKIE_AGE, s.AXES_LOCKOUT_PARAMETERS]))
-"""
-OURS = {
+from tests.settings_probe import settings_failure, settings_values
+
+NAMES = [
     "SESSION_IDLE_TIMEOUT_SECONDS",
     "SESSION_ABSOLUTE_LIFETIME_SECONDS",
     "SESSION_COOKIE_AGE",
     "AXES_LOCKOUT_PARAMETERS",
-}
-
-
-def run(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in OURS
-        and k not in {"DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"}
-        and not k.endswith("_FILE")
-    }
-    env.update(LOCAL_DATA_DIR=str(tmp_path), **variables)
-    return subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+]
 
 
 def values(tmp_path: Path, **variables: str) -> list:
-    result = run(tmp_path, **variables)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    found = settings_values(tmp_path, NAMES, unset=NAMES, **variables)
+    return [found[name] for name in NAMES]
 
 
 def error(tmp_path: Path, **variables: str) -> str:
-    result = run(tmp_path, **variables)
-    assert result.returncode != 0
-    return result.stderr.strip().splitlines()[-1]
+    return settings_failure(tmp_path, unset=NAMES, **variables)
 
 
 def test_defaults(tmp_path: Path) -> None:

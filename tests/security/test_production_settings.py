@@ -6,13 +6,11 @@ tests/settings/test_settings.py does; no service is contacted.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.settings_probe import run_python, settings_failure, settings_values
+
 PRODUCTION = {
     "DATABASE_URL": "postgres://app@db.internal:5432/eai",
     "REDIS_URL": "redis://cache.internal:6379/0",
@@ -20,40 +18,23 @@ PRODUCTION = {
     "AUDIT_HMAC_KEY": "aUd1t-9Kq3Zm7Xw2Vn5Bt8Yr4Hs6Jd1Gf0Ce3Ua7Ro5Ei",
     "ALLOWED_HOSTS": "ai.example.com",
 }
-PROBE = """
-import json
-from django.conf import settings as s  # the module's values over Django's defaults
-print(json.dumps({name: getattr(s, name, None) for name in [
+NAMES = [
     "SECURE_SSL_REDIRECT", "SECURE_HSTS_SECONDS", "SECURE_HSTS_INCLUDE_SUBDOMAINS",
     "SECURE_HSTS_PRELOAD", "SECURE_PROXY_SSL_HEADER", "SECURE_REDIRECT_EXEMPT",
     "SESSION_COOKIE_SECURE", "CSRF_COOKIE_SECURE", "SESSION_COOKIE_HTTPONLY",
     "SESSION_COOKIE_SAMESITE", "TRUSTED_PROXY_COUNT", "LOGIN_RATE_LIMIT_PER_MINUTE",
     "SESSION_COOKIE_NAME", "CSRF_COOKIE_NAME", "SESSION_COOKIE_DOMAIN", "SESSION_COOKIE_PATH",
-]}))
-"""
+]  # fmt: skip
+# The developer's own HTTPS settings stay out of these cases.
+UNSET = ("SECURE_", "TRUSTED_PROXY_")
 
 
-def run(tmp_path: Path, args: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.endswith("_FILE")
-        and k not in {*PRODUCTION, "CELERY_BROKER_URL", "DEBUG", "AUDIT_ANCHOR_S3_BUCKET"}
-        and not k.startswith(("SECURE_", "TRUSTED_PROXY"))
-    }
-    env.update(
-        LOCAL_DATA_DIR=str(tmp_path / "local"), DJANGO_SETTINGS_MODULE="enterprise_ai.settings"
-    )
-    env.update(variables)
-    return subprocess.run(
-        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+def run(tmp_path: Path, args: list[str], **variables: str) -> Any:
+    return run_python(tmp_path, args, unset=UNSET, **variables)
 
 
 def settings_of(tmp_path: Path, **variables: str) -> dict:
-    result = run(tmp_path, ["-c", PROBE], **variables)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return settings_values(tmp_path, NAMES, unset=UNSET, **variables)
 
 
 def test_check_deploy_reports_nothing_in_production(tmp_path: Path) -> None:
@@ -109,9 +90,9 @@ def test_embedded_mode_serves_plain_http(tmp_path: Path) -> None:
 
 
 def test_production_refuses_a_wildcard_host(tmp_path: Path) -> None:
-    result = run(tmp_path, ["-c", PROBE], **{**PRODUCTION, "ALLOWED_HOSTS": "ai.example.com,*"})
-    assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
+    last = settings_failure(
+        tmp_path, unset=UNSET, **{**PRODUCTION, "ALLOWED_HOSTS": "ai.example.com,*"}
+    )
     assert "ImproperlyConfigured" in last and "ALLOWED_HOSTS" in last and "'*'" in last
 
 

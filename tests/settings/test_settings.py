@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from enterprise_ai.env import Env
+from tests.settings_probe import run_python
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBE = """
@@ -32,30 +31,12 @@ print(json.dumps({
     "allowed_hosts": s.ALLOWED_HOSTS,
 }))
 """
-SERVICE_VARIABLES = {
-    "DATABASE_URL",
-    "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "SECRET_KEY",
-    "ALLOWED_HOSTS",
-    "DEBUG",
-    "AUDIT_HMAC_KEY",
-    "AUDIT_ANCHOR_S3_BUCKET",
-}
 PRODUCTION_KEY = "k" * 50
 AUDIT_KEY = "a" * 48
 
 
 def load(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in SERVICE_VARIABLES and not k.endswith("_FILE")
-    }
-    env.update(LOCAL_DATA_DIR=str(tmp_path / "local"), **variables)
-    return subprocess.run(
-        [sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    return run_python(tmp_path, ["-c", PROBE], **variables)
 
 
 def settings_of(tmp_path: Path, **variables: str) -> dict:
