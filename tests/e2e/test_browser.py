@@ -167,6 +167,42 @@ def test_reconnects_after_a_server_restart_and_follows_other_tabs(
         context.close()
 
 
+def test_a_password_change_elsewhere_sends_the_open_chat_to_sign_in(
+    restartable_server: Any, browser: Any
+) -> None:
+    """Two browsers signed in as one person; a password change in one closes the other's
+    socket (4440) and its page goes to the sign-in page by itself."""
+    from playwright.sync_api import expect
+
+    server = restartable_server.server
+    laptop, phone = browser.new_context(), browser.new_context()
+    chat, settings_page = laptop.new_page(), phone.new_page()
+    try:
+        log_in(chat, server)
+        expect(chat.locator("#connection-status")).to_have_text("Connected")
+        log_in(settings_page, server)
+        settings_page.click(".sidebar-foot a")  # the user name links to the password page
+        expect(settings_page).to_have_url(re.compile(r"/accounts/password/$"))
+        settings_page.fill("#id_old_password", server.password)
+        settings_page.fill("#id_new_password1", "a brand new passphrase 42")
+        settings_page.fill("#id_new_password2", "a brand new passphrase 42")
+        settings_page.click("button[type=submit]")
+        expect(settings_page.locator("h1")).to_have_text("Password changed")
+
+        # The other browser is sent to sign in, without anyone touching it.
+        expect(chat).to_have_url(re.compile(r"/accounts/login/"), timeout=10_000)
+        # The browser that changed the password is still signed in.
+        settings_page.goto(f"{server.base_url}/")
+        expect(settings_page.locator("#connection-status")).to_have_text("Connected")
+    except Exception:
+        ARTIFACTS.mkdir(exist_ok=True)
+        chat.screenshot(path=str(ARTIFACTS / "password-change-chat.png"), full_page=True)
+        raise
+    finally:
+        laptop.close()
+        phone.close()
+
+
 CATALOGUE = """
 from providers.models import AIModel
 demo = AIModel.objects.get(key="demo")
