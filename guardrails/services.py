@@ -184,14 +184,21 @@ class ReplyGuard:
         self.reply = reply
         self.mapping: dict[str, str] = {}
         self.redacting = policy.redacts_for_provider
+        # Texts already scanned: the window's messages were scanned once by `seed`. Once a
+        # text's values have placeholders, redacting it again gives the same result.
+        self._redacted: dict[str, tuple[str, dict[str, int]]] = {}
 
     def _redact(self, text: str) -> tuple[str, dict[str, int]]:
         if not self.redacting or not text:
             return text, {}
-        findings = dlp.scan(text, self.policy.detectors, self.policy.national_ids)
-        if not findings:
-            return text, {}
-        return dlp.redact(text, findings, self.mapping), dlp.counts(findings)
+        if text not in self._redacted:
+            findings = dlp.scan(text, self.policy.detectors, self.policy.national_ids)
+            self._redacted[text] = (
+                (dlp.redact(text, findings, self.mapping), dlp.counts(findings))
+                if findings
+                else (text, {})
+            )
+        return self._redacted[text]
 
     def seed(self, texts: list[str]) -> None:
         """Give the values in `texts` (earlier messages, oldest first) their placeholders."""
