@@ -152,14 +152,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
-        # Every frame re-checks the session first: one that ended is never acted on.
         if self.session_ended:
             return
+        # The rate limit first (one cache hit): a flood of frames never reaches the database.
+        if not await self.frame_allowed():
+            return
+        # Then the session: a frame of one that ended is never acted on.
         check = await self.session_check(user_id=self.user.pk, touch=True)
         if check.problem is not None:
             await self.end_session(check.problem, trigger="frame")
-            return
-        if not await self.frame_allowed():
             return
         if text_data is None:
             await self.send_error("bad_frame", "Only text frames carrying JSON are accepted.")
