@@ -157,14 +157,10 @@ def slow_demo(settings: Any) -> None:
 @pytest.fixture
 def session_cookie() -> Iterator[Any]:
     """session_cookie(user) -> the Cookie header value of a logged-in session for `user`."""
-    from django.test import Client
+    from tests.support import signed_in
 
     def make(user: Any) -> str:
-        client = Client()
-        client.force_login(user)
-        return (
-            f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
-        )
+        return signed_in(user)[1]
 
     yield make
 

@@ -7,10 +7,20 @@ from collections.abc import Callable
 from typing import Any
 
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.test import Client
 
 from enterprise_ai.asgi import application
 
 ALLOWED_ORIGIN = b"http://localhost"
+
+
+def signed_in(user: Any) -> tuple[Client, str]:
+    """A browser signed in as `user`: its client and the Cookie header for its socket."""
+    client = Client()
+    client.force_login(user)
+    key = client.cookies[settings.SESSION_COOKIE_NAME].value
+    return client, f"{settings.SESSION_COOKIE_NAME}={key}"
 
 
 def communicator(

@@ -4,14 +4,10 @@ ASGI stack with the embedded channel layer; nothing is mocked."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from channels.testing import WebsocketCommunicator
-from django.conf import settings
 from django.contrib.auth.hashers import make_password
-from django.test import Client
 
 from accounts import sessions
 from accounts.models import User, UserSession
@@ -19,19 +15,11 @@ from audit.catalogue import AuditAction, AuditOutcome
 from audit.models import AuditEvent
 from conversations.consumers import CLOSE_SESSION_ENDED, CLOSE_UNAUTHENTICATED
 from conversations.models import Message
-from tests.support import communicator, connected
+from tests.support import communicator, connected, signed_in
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SEND = {"type": "send", "conversation": None, "text": "Are you still there?", "model": "demo"}
-
-
-def signed_in(user: Any) -> tuple[Client, str]:
-    """A browser signed in as `user`: its client and the Cookie header for its socket."""
-    client = Client()
-    client.force_login(user)
-    key = client.cookies[settings.SESSION_COOKIE_NAME].value
-    return client, f"{settings.SESSION_COOKIE_NAME}={key}"
 
 
 def session_key_of(cookie: str) -> str:

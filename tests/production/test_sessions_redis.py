@@ -3,29 +3,16 @@ sessions, channels-redis), as on the production path. Run by `make test-producti
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from channels.layers import get_channel_layer
-from django.conf import settings
-from django.test import Client
 
 from accounts.models import UserSession
 from conversations.consumers import CLOSE_SESSION_ENDED
 from conversations.models import Message
-from tests.support import connected
+from tests.support import connected, signed_in
 
 pytestmark = [pytest.mark.production, pytest.mark.django_db(transaction=True)]
-
-
-def signed_in(user: Any) -> tuple[Client, str]:
-    client = Client()
-    client.force_login(user)
-    return (
-        client,
-        f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}",
-    )
 
 
 async def test_logout_closes_the_socket_through_redis(owner) -> None:
