@@ -3,8 +3,6 @@ can cause at will, and the trail is append-only."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 
@@ -12,13 +10,7 @@ from audit.catalogue import AuditAction, AuditOutcome
 from audit.models import AuditEvent
 from audit.services import audit_record
 from audit.verify import verify_chain
-from tests.support import communicator
-
-
-def early_in_a_minute() -> None:
-    into_minute = time.time() % 60
-    if into_minute > 45:
-        time.sleep(60 - into_minute + 0.1)
+from tests.support import communicator, early_in_a_minute
 
 
 @pytest.mark.django_db

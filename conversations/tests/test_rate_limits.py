@@ -6,7 +6,6 @@ to the provider" is counted at the provider's end.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 
@@ -22,19 +21,12 @@ from conversations.errors import ChatError
 from conversations.models import Conversation, Message
 from conversations.services import message_send
 from tests.integration.services import Service, running_service
-from tests.support import connected, is_final, receive_until
+from tests.support import connected, early_in_a_minute, is_final, receive_until
 
 
 @pytest.fixture(autouse=True)
 def _fresh_counters() -> None:
     cache.clear()
-
-
-def away_from_a_minute_boundary() -> None:
-    """Windows are whole minutes: start a test early in one so it cannot straddle two."""
-    into_minute = time.time() % 60
-    if into_minute > 45:
-        time.sleep(60 - into_minute + 0.1)
 
 
 @pytest.fixture
@@ -49,7 +41,7 @@ async def test_the_message_over_the_minute_limit_gets_a_retry_time_and_reaches_n
 ) -> None:
     settings.CHAT_MESSAGES_PER_MINUTE = 3
     settings.CHAT_MAX_REPLIES_IN_FLIGHT = 0
-    away_from_a_minute_boundary()
+    early_in_a_minute()
     comm = await connected(await sync_to_async(session_cookie)(owner))
     for n in range(3):
         await comm.send_json_to(
@@ -90,7 +82,7 @@ def test_the_limit_is_per_person(owner, colleague, settings, monkeypatch) -> Non
     monkeypatch.setattr(services, "dispatch", lambda *args: None)
     settings.CHAT_MESSAGES_PER_MINUTE = 1
     settings.CHAT_MAX_REPLIES_IN_FLIGHT = 0
-    away_from_a_minute_boundary()
+    early_in_a_minute()
     message_send(actor=owner, text="Mine", model_key="demo")
     with pytest.raises(ChatError) as refused:
         message_send(actor=owner, text="Mine again", model_key="demo")
@@ -147,7 +139,7 @@ async def test_a_flood_of_frames_is_cut_off_and_audited_once(
     owner, colleague, session_cookie, settings
 ) -> None:
     settings.CHAT_FRAMES_PER_MINUTE = 5
-    away_from_a_minute_boundary()
+    early_in_a_minute()
     theirs = await sync_to_async(Conversation.objects.create)(
         owner=colleague, title="Bob's", model="demo"
     )

@@ -6,7 +6,6 @@ limit through the lock on the sender's row, the per-minute limit through Redis I
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -21,6 +20,7 @@ from conversations.errors import ChatError
 from conversations.models import Conversation, Message
 from conversations.services import SendResult, message_send
 from tests.production.test_costs_postgres import run_together
+from tests.support import early_in_a_minute
 
 pytestmark = [pytest.mark.production, pytest.mark.django_db(transaction=True)]
 
@@ -66,8 +66,7 @@ def test_concurrent_sends_never_exceed_the_per_minute_limit_in_redis(owner, sett
     assert "redis" in settings.CACHES["default"]["BACKEND"].lower()
     settings.CHAT_MESSAGES_PER_MINUTE = 5
     settings.CHAT_MAX_REPLIES_IN_FLIGHT = 0
-    if time.time() % 60 > 40:  # one minute's window for the whole race
-        time.sleep(60 - time.time() % 60 + 0.1)
+    early_in_a_minute(latest_second=40)  # one minute's window for the whole race
     cache.clear()
 
     accepted, codes = outcome_codes(run_together([lambda: send_demo(owner.pk)] * SENDERS))
