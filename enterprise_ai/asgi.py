@@ -1,7 +1,8 @@
 """ASGI entry point: HTTP goes to Django, WebSockets to the chat consumer.
 
-WebSocket connections must come from an allowed host's page (Origin header checked against
-ALLOWED_HOSTS; a missing Origin is refused, and every refusal is audited) and carry the
+WebSocket connections must come from the app's own page (the whole Origin, scheme, host in
+ALLOWED_HOSTS and port, against the request's; or an origin in CSRF_TRUSTED_ORIGINS: see
+audit/websocket.py; a missing Origin is refused, and every refusal is audited) and carry the
 user's session.
 """
 
