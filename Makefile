@@ -35,10 +35,13 @@ run: venv
 	echo "Serving on http://$(HOST):$(PORT)/  (Ctrl+C to stop)" && \
 	exec $(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
-## A Celery worker for the production path (needs REDIS_URL / CELERY_BROKER_URL).
+## A Celery worker for the production path (needs REDIS_URL / CELERY_BROKER_URL): one process,
+## a pool of threads (replies wait on the network; WORKER_CONCURRENCY replies at once).
+WORKER_CONCURRENCY ?= 200
 worker: venv
 	@set -a; [ ! -f .env ] || . ./.env; set +a; \
-	exec $(BIN)/celery -A enterprise_ai worker -Q llm,default --loglevel=INFO
+	exec $(BIN)/celery -A enterprise_ai worker -Q llm,default --pool threads \
+		--concurrency $${WORKER_CONCURRENCY:-$(WORKER_CONCURRENCY)} --loglevel=INFO
 
 ## Celery beat for the production path: signs audit checkpoints on schedule.
 beat: venv

@@ -77,10 +77,14 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "session_watch"):
             self.session_watch.cancel()
-        if hasattr(self, "user_group"):
-            await self.channel_layer.group_discard(self.user_group, self.channel_name)
-        for group in getattr(self, "subscriptions", set()):
-            await self.channel_layer.group_discard(group, self.channel_name)
+        groups = [getattr(self, "user_group", None), *getattr(self, "subscriptions", set())]
+        try:
+            for group in filter(None, groups):
+                await self.channel_layer.group_discard(group, self.channel_name)
+        except Exception as exc:
+            # Redis unavailable: the memberships expire on their own (group_expiry); the
+            # disconnect is still recorded below.
+            logger.warning("chat socket groups not left: %s", type(exc).__name__)
         if hasattr(self, "user"):
             await self.audit(
                 AuditAction.WS_DISCONNECT,

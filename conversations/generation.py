@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
+from django.db import connections
 
 from accounts.models import User
 from audit import context as audit_context
-from conversations import selectors, services, streams
+from conversations import inflight, selectors, services, streams
 from conversations.models import Conversation, Message
 from costs.services import CallUsage
 from guardrails.services import reply_guard, system_prompt
@@ -241,11 +242,27 @@ def reply_generate(*, reply_id: int) -> None:
     context = audit_context.AuditContext(
         actor=reply.conversation.owner, request_id=reply.request_id
     )
-    with audit_context.bind(context):
-        _reply_generate(reply)
+    with (
+        audit_context.bind(context),
+        inflight.tracking(pk=reply.pk, public_id=reply.public_id) as tracked,
+    ):
+        _reply_generate(reply, tracked)
 
 
-def _reply_generate(reply: Message) -> None:
+def _release_connection() -> None:
+    """Give this thread's database connection back while the reply waits on the model.
+
+    A process carries hundreds of replies at once; each holding a connection for its whole
+    stream would need hundreds of PostgreSQL connections. With pooling the next query takes
+    one from the pool again. (SQLite connections are files: nothing to gain. Inside a
+    transaction, as in tests, the connection must stay.)
+    """
+    connection = connections["default"]
+    if connection.vendor != "sqlite" and not connection.in_atomic_block:
+        connection.close()
+
+
+def _reply_generate(reply: Message, tracked: inflight.Tracked) -> None:
     conversation = reply.conversation
     user: User = conversation.owner
     batcher = DeltaBatcher(reply)
@@ -253,9 +270,7 @@ def _reply_generate(reply: Message) -> None:
     error_code = error = ""
     turn = Turn(history=[], tools=[], state={})
     spec: ModelSpec | None = None  # the model answering now (changes on failover)
-
-    def stop_requested() -> bool:
-        return streams.stop_requested(reply.public_id)
+    stop_requested = tracked.stopped
 
     try:
         spec = get_model(reply.model)
@@ -268,6 +283,7 @@ def _reply_generate(reply: Message) -> None:
         turn.answered_by = spec.key
         tool_rounds = 0
         while True:
+            _release_connection()
             round_text: list[str] = []
             calls: list[ToolCall] = []
             new_state: dict[str, Any] = {}

@@ -88,11 +88,20 @@ class Message(models.Model):
     request_id = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Refreshed by the process generating the reply while it streams (conversations.inflight);
+    # a streaming reply whose heartbeat stopped is failed as interrupted by the sweeper.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         indexes = [
             models.Index(fields=["conversation", "id"], name="msg_conversation_order_idx"),
+            # The sweeper's scan: only replies in flight, a handful among millions of rows.
+            models.Index(
+                fields=["status", "heartbeat_at"],
+                condition=models.Q(status__in=["pending", "streaming"]),
+                name="msg_in_flight_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -14,18 +14,45 @@ server defined here instead, which refuses earlier, from the frame headers alone
 
 The limit is CHAT_MAX_FRAME_BYTES plus a margin, so a frame just over the limit still gets
 the consumer's explanatory `too_large` error instead of a closed socket.
+
+It also accepts the permessage-deflate extension (RFC 7692) that every browser offers: a
+reply streams as many small frames that repeat the same envelope (ids, type, sequence), and
+with the compression context kept between messages those repeats cost a few bytes each,
+and the rendered HTML in `done` mostly repeats text the client has just received. The
+window is kept small (8 KiB, memLevel 5: about 50 KiB per socket that has received
+anything; nothing for an idle one, since zlib state is created on first use).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from autobahn.websocket.compress import (
+    PerMessageDeflateOffer,
+    PerMessageDeflateOfferAccept,
+)
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from django.conf import settings
 
 MARGIN_BYTES = 4096
+# permessage-deflate: LZ77 window (2**13 bytes) and zlib memory level, both directions.
+DEFLATE_WINDOW_BITS = 13
+DEFLATE_MEM_LEVEL = 5
+
+
+def accept_deflate(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
+    """Accept the client's first permessage-deflate offer, with a bounded window."""
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(
+                offer,
+                request_max_window_bits=DEFLATE_WINDOW_BITS if offer.accept_max_window_bits else 0,
+                window_bits=DEFLATE_WINDOW_BITS,
+                mem_level=DEFLATE_MEM_LEVEL,
+            )
+    return None
 
 
 def incoming_limit() -> int:
@@ -67,16 +94,33 @@ class BoundedServer(Server):
         # Answer a refused frame with a close frame (1009, and the limit in the reason), so
         # that clients learn why; autobahn's default drops the TCP connection silently. A
         # client that keeps sending is dropped after the close handshake timeout anyway.
-        factory.setProtocolOptions(failByDrop=False)
+        factory.setProtocolOptions(failByDrop=False, perMessageCompressionAccept=accept_deflate)
         self._bounded_ws_factory = factory
 
 
 def command_line_interface(max_incoming_bytes: int) -> tuple[CommandLineInterface, list[str]]:
-    """daphne's CLI running a BoundedServer, and the arguments that set its frame limit."""
+    """daphne's CLI running a BoundedServer, and the arguments that set its limits.
+
+    Sockets stay open as long as their session does (the consumer closes them when it
+    ends): no maximum age. Pings every WEBSOCKET_PING_SECONDS keep proxies and NAT from
+    dropping an idle socket and find dead clients. The opening handshake may take
+    WEBSOCKET_CONNECT_TIMEOUT_SECONDS: daphne's 5 s dropped handshakes under load.
+    """
 
     class _Server(BoundedServer):
         max_incoming_message_bytes = max_incoming_bytes
 
     cli: Any = CommandLineInterface()
     cli.server_class = _Server
-    return cli, ["--websocket-max-frame-size", str(max_incoming_bytes)]
+    return cli, [
+        "--websocket-max-frame-size",
+        str(max_incoming_bytes),
+        "--websocket_timeout",
+        "-1",
+        "--websocket_connect_timeout",
+        str(settings.WEBSOCKET_CONNECT_TIMEOUT_SECONDS),
+        "--ping-interval",
+        str(settings.WEBSOCKET_PING_SECONDS),
+        "--ping-timeout",
+        str(settings.WEBSOCKET_PING_TIMEOUT_SECONDS),
+    ]

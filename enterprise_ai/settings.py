@@ -142,9 +142,33 @@ TEMPLATES = [
 
 # --- Database -----------------------------------------------------------------------------
 
+# Connections: one process serves many concurrent replies (a worker's threads, the web
+# server's sync-to-async threads), so connections come from a bounded pool (psycopg-pool,
+# Django's built-in pooling) and go back to it as soon as a task or a frame is done; reply
+# generation also returns its connection while it waits on the model. DATABASE_POOL_MAX_SIZE
+# caps the connections of one process: processes x max size must stay below PostgreSQL's
+# max_connections (docs/performance.md has the sizing).
+DATABASE_POOL_MIN_SIZE = env.int("DATABASE_POOL_MIN_SIZE", 2, min_value=0)
+DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", 20, min_value=1)
+# Seconds a thread waits for a free pooled connection before its request fails.
+DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", 30, min_value=1)
+DATABASE_POOL = env.bool("DATABASE_POOL", True)
+
 if DATABASE_URL:
     DATABASES: dict[str, dict[str, Any]] = {"default": environ.Env.db_url_config(DATABASE_URL)}
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if DATABASE_POOL and "postgresql" in DATABASES["default"]["ENGINE"]:
+        # Django checks each connection as the pool hands it out (ConnectionPool.
+        # check_connection): one killed server-side (pg_terminate_backend, a failover) is
+        # replaced then, not discovered by the request that uses it.
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": min(DATABASE_POOL_MIN_SIZE, DATABASE_POOL_MAX_SIZE),
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": DATABASE_POOL_TIMEOUT,
+            # Idle connections beyond min_size are closed after this long.
+            "max_idle": 300.0,
+        }
+    else:
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {
@@ -175,11 +199,46 @@ if CELERY_BROKER_URL and not REDIS_URL:
 
 REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", "eai")
 
+# Messages a socket's channel may have waiting before sends to it are dropped (and counted:
+# docs/performance.md). channels-redis buffers every socket of a web process in one Redis
+# list, so this is per process, not per socket: the library default (100) is far too small.
+CHANNEL_LAYER_CAPACITY = env.int("CHANNEL_LAYER_CAPACITY", 1000, min_value=1)
+# Seconds an undelivered channel-layer message lives.
+CHANNEL_LAYER_EXPIRY = env.int("CHANNEL_LAYER_EXPIRY", 60, min_value=1)
+# Redis connections (channel layer and cache). A socket read never times out below the
+# channel layer's blocking read (5 s): that closed idle chat sockets with 1011. Dead peers
+# are found by TCP keepalive and by a PING before a connection idle this long is reused.
+REDIS_SOCKET_TIMEOUT = env.float("REDIS_SOCKET_TIMEOUT", 30, min_value=6)
+REDIS_CONNECT_TIMEOUT = env.float("REDIS_CONNECT_TIMEOUT", 5, min_value=0.1)
+REDIS_HEALTH_CHECK_SECONDS = env.int("REDIS_HEALTH_CHECK_SECONDS", 15, min_value=0)
+# Connections per process and event loop; callers beyond it wait (up to the socket timeout)
+# instead of failing: 1,000 sockets closing at once must not lose their audit events.
+REDIS_MAX_CONNECTIONS = env.int("REDIS_MAX_CONNECTIONS", 50, min_value=2)
+REDIS_CONNECTION_OPTIONS: dict[str, Any] = {
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+    "health_check_interval": REDIS_HEALTH_CHECK_SECONDS,
+    "retry_on_timeout": True,
+}
+
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": f"{REDIS_KEY_PREFIX}:asgi"},
+            "BACKEND": "enterprise_ai.channel_layers.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "max_connections": REDIS_MAX_CONNECTIONS,
+                        "timeout": REDIS_SOCKET_TIMEOUT,
+                        **REDIS_CONNECTION_OPTIONS,
+                    }
+                ],
+                "prefix": f"{REDIS_KEY_PREFIX}:asgi",
+                "capacity": CHANNEL_LAYER_CAPACITY,
+                "expiry": CHANNEL_LAYER_EXPIRY,
+            },
         }
     }
     CACHES = {
@@ -187,18 +246,28 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": REDIS_KEY_PREFIX,
+            "OPTIONS": {
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": REDIS_MAX_CONNECTIONS,
+                "timeout": REDIS_SOCKET_TIMEOUT,
+                **REDIS_CONNECTION_OPTIONS,
+            },
         }
     }
 else:
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "enterprise_ai.channel_layers.ThreadSafeInMemoryChannelLayer"}
+        "default": {
+            "BACKEND": "enterprise_ai.channel_layers.ThreadSafeInMemoryChannelLayer",
+            "CONFIG": {"capacity": CHANNEL_LAYER_CAPACITY, "expiry": CHANNEL_LAYER_EXPIRY},
+        }
     }
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # "celery" enqueues to workers; "thread" runs the same task in this process.
 TASK_DISPATCH = "celery" if CELERY_BROKER_URL else "thread"
-# Upper bound on replies generated at once by the in-process dispatcher.
-THREAD_DISPATCH_WORKERS = env.int("THREAD_DISPATCH_WORKERS", 8, min_value=1)
+# Upper bound on replies generated at once by the in-process dispatcher. A reply mostly
+# waits on the model's network stream, so threads, not cores, bound it.
+THREAD_DISPATCH_WORKERS = env.int("THREAD_DISPATCH_WORKERS", 200, min_value=1)
 
 CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
 CELERY_TASK_IGNORE_RESULT = True
@@ -371,6 +440,24 @@ CHAT_DELTA_FLUSH_MS = env.int("CHAT_DELTA_FLUSH_MS", 50, min_value=0)
 CHAT_DELTA_FLUSH_CHARS = env.int("CHAT_DELTA_FLUSH_CHARS", 512, min_value=1)
 # A reply still "streaming" after this long is considered lost (its worker died).
 CHAT_REPLY_MAX_SECONDS = env.int("CHAT_REPLY_MAX_SECONDS", 600, min_value=10)
+# Every process generating replies refreshes their heartbeat this often (one query per
+# process, whatever the number of replies)...
+CHAT_HEARTBEAT_SECONDS = env.float("CHAT_HEARTBEAT_SECONDS", 5, min_value=0.1)
+# ...and a streaming reply whose heartbeat is older than this is failed as interrupted by the
+# sweeper, which runs this often in every worker, in beat and in the embedded server.
+CHAT_HEARTBEAT_TIMEOUT_SECONDS = env.float("CHAT_HEARTBEAT_TIMEOUT_SECONDS", 30, min_value=0.5)
+CHAT_SWEEP_SECONDS = env.float("CHAT_SWEEP_SECONDS", 10, min_value=0.1)
+# WebSockets (manage.py serve): seconds allowed for the opening handshake; a keepalive ping
+# after this many idle seconds; closed when a ping is not answered within the timeout.
+WEBSOCKET_CONNECT_TIMEOUT_SECONDS = env.int("WEBSOCKET_CONNECT_TIMEOUT_SECONDS", 30, min_value=1)
+WEBSOCKET_PING_SECONDS = env.int("WEBSOCKET_PING_SECONDS", 20, min_value=1)
+WEBSOCKET_PING_TIMEOUT_SECONDS = env.int("WEBSOCKET_PING_TIMEOUT_SECONDS", 30, min_value=1)
+# How often a generating process looks for stop requests (one Redis round trip per process).
+CHAT_STOP_POLL_MS = env.int("CHAT_STOP_POLL_MS", 200, min_value=10)
+if CHAT_HEARTBEAT_TIMEOUT_SECONDS <= CHAT_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "CHAT_HEARTBEAT_TIMEOUT_SECONDS must be longer than CHAT_HEARTBEAT_SECONDS."
+    )
 
 # --- Models -------------------------------------------------------------------------------
 
@@ -385,6 +472,8 @@ DEMO_TOKENS_PER_SECOND = env.float("DEMO_TOKENS_PER_SECOND", 30, min_value=0.1)
 # instance or task role); never from the catalogue or the UI.
 BEDROCK_REGION = env.str("BEDROCK_REGION") or env.str("AWS_REGION") or env.str("AWS_DEFAULT_REGION")
 BEDROCK_ENDPOINT_URL = env.str("BEDROCK_ENDPOINT_URL")  # a VPC endpoint; empty: AWS's default
+# HTTP connections one process keeps to Bedrock: at least the replies it streams at once.
+BEDROCK_MAX_POOL_CONNECTIONS = env.int("BEDROCK_MAX_POOL_CONNECTIONS", 200, min_value=1)
 
 # OpenAI (Responses + Conversations). OPENAI_DRIVER=azure-openai sends `openai` models to
 # Azure OpenAI instead, as the original design did.
@@ -485,6 +574,10 @@ except InvalidOperation:
 COSTS_RESERVATION_GRACE_SECONDS = env.int("COSTS_RESERVATION_GRACE_SECONDS", 300, min_value=0)
 
 CELERY_BEAT_SCHEDULE = {
+    "conversations-sweep-replies": {
+        "task": "conversations.tasks.sweep_replies",
+        "schedule": float(CHAT_SWEEP_SECONDS),
+    },
     "audit-checkpoint": {
         "task": "audit.tasks.audit_checkpoint",
         "schedule": float(AUDIT_CHECKPOINT_INTERVAL_SECONDS),

@@ -24,6 +24,7 @@ import email.utils
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -126,6 +127,17 @@ _MSG_BAD_ENDPOINT = (
 _MSG_PROTOCOL = "AWS Bedrock sent a reply that could not be read."
 
 _sessions = threading.local()
+# One client per configuration, shared by the process's threads (building one costs tens of
+# milliseconds of CPU and a new connection pool).
+_clients: dict[tuple[Any, ...], Any] = {}
+_clients_lock = threading.Lock()
+_CREDENTIAL_VARIABLES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_BEARER_TOKEN_BEDROCK",
+)
 
 
 def _session() -> Any:
@@ -408,13 +420,23 @@ class BedrockProvider(Provider):
         options = self.spec.options
         region = options.get("region") or settings.BEDROCK_REGION or None
         endpoint_url = options.get("endpoint_url") or settings.BEDROCK_ENDPOINT_URL or None
+        # Credentials are resolved when a client is built: changed ones need a new client.
+        credentials = tuple(os.environ.get(name, "") for name in _CREDENTIAL_VARIABLES)
+        key = (region, endpoint_url, self.timeouts.connect, self.timeouts.read, credentials)
+        with _clients_lock:
+            client = _clients.get(key)
+        if client is not None:
+            return client
         config = botocore.config.Config(
             connect_timeout=self.timeouts.connect,
             read_timeout=self.timeouts.read,
             retries={"total_max_attempts": 1, "mode": "standard"},
+            # One client serves every concurrent reply of the process (boto3 clients are
+            # thread-safe); botocore's default pool of 10 would queue the eleventh stream.
+            max_pool_connections=settings.BEDROCK_MAX_POOL_CONNECTIONS,
         )
         try:
-            return _session().client(
+            client = _session().client(
                 "bedrock-runtime", region_name=region, endpoint_url=endpoint_url, config=config
             )
         except botocore.exceptions.NoRegionError as exc:
@@ -423,6 +445,10 @@ class BedrockProvider(Provider):
         except (botocore.exceptions.BotoCoreError, ValueError) as exc:
             _log(exc, "client setup", self.spec.key)
             raise ProviderMisconfigured(_MSG_BAD_ENDPOINT) from exc
+        with _clients_lock:
+            if len(_clients) >= 32:
+                _clients.pop(next(iter(_clients)))
+            return _clients.setdefault(key, client)
 
     def stream(self, request: ChatRequest) -> Generator[StreamEvent, None, None]:
         """Stream the reply with ConverseStream: TextDelta and ToolCall events in order,

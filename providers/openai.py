@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -362,6 +363,29 @@ def _response_usage(response: Response) -> Usage | None:
     )
 
 
+_clients: dict[str, OpenAI] = {}
+_clients_lock = threading.Lock()
+_CLIENTS_MAX = 32
+
+
+def _shared_client(factory: type[OpenAI], **options: Any) -> OpenAI:
+    """One client per configuration, shared by every reply of the process.
+
+    A client holds an HTTP connection pool and a TLS context; building one per call cost
+    milliseconds of CPU and a new TCP (and TLS) connection for every reply. Clients are
+    thread-safe. A changed setting (a rotated key, another base URL) gets a new client.
+    """
+    key = repr(sorted((name, repr(value)) for name, value in options.items()))
+    key = f"{factory.__name__}:{key}"
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            if len(_clients) >= _CLIENTS_MAX:
+                _clients.pop(next(iter(_clients)))
+            client = _clients[key] = factory(**options)
+        return client
+
+
 class OpenAIResponsesProvider(Provider):
     """OpenAI through the Responses API (with the Conversations API for "server" context)."""
 
@@ -372,7 +396,8 @@ class OpenAIResponsesProvider(Provider):
         if not settings.OPENAI_API_KEY:
             raise ProviderMisconfigured()
         try:
-            return OpenAI(
+            return _shared_client(
+                OpenAI,
                 api_key=settings.OPENAI_API_KEY,
                 base_url=settings.OPENAI_BASE_URL or None,
                 organization=settings.OPENAI_ORGANIZATION or None,
@@ -404,8 +429,6 @@ class OpenAIResponsesProvider(Provider):
             raise
         except Exception as exc:
             raise provider_error(exc) from exc
-        finally:
-            client.close()
 
     def _stream(self, client: OpenAI, request: ChatRequest, mode: str) -> Iterator[StreamEvent]:
         messages: Sequence[ChatMessage] = request.messages
@@ -476,7 +499,8 @@ class AzureOpenAIProvider(OpenAIResponsesProvider):
         if not settings.AZURE_OPENAI_ENDPOINT or not settings.AZURE_OPENAI_API_KEY:
             raise ProviderMisconfigured()
         try:
-            return AzureOpenAI(
+            return _shared_client(
+                AzureOpenAI,
                 azure_endpoint=settings.AZURE_OPENAI_ENDPOINT,
                 api_key=settings.AZURE_OPENAI_API_KEY,
                 api_version=settings.AZURE_OPENAI_API_VERSION or None,
@@ -583,7 +607,8 @@ class OpenAICompatibleProvider(Provider):
         if not base_url:
             raise ProviderMisconfigured()
         try:
-            return OpenAI(
+            return _shared_client(
+                OpenAI,
                 api_key=self._api_key(),
                 base_url=str(base_url),
                 max_retries=0,
@@ -605,8 +630,6 @@ class OpenAICompatibleProvider(Provider):
             raise
         except Exception as exc:
             raise provider_error(exc) from exc
-        finally:
-            client.close()
 
     def _stream(self, client: OpenAI, request: ChatRequest) -> Iterator[StreamEvent]:
         stream = client.chat.completions.create(

@@ -83,11 +83,20 @@ def test_claim_is_granted_once(owner) -> None:
     assert reply_claim(reply_id=result.reply.pk) is None
 
 
-def test_claim_fails_a_reply_whose_worker_died(owner, settings) -> None:
+def test_a_redelivered_task_leaves_a_live_reply_alone(owner) -> None:
+    result = message_send(actor=owner, text="Hello", model_key="demo")
+    reply_claim(reply_id=result.reply.pk)  # its heartbeat is fresh: the worker is alive
+    assert reply_claim(reply_id=result.reply.pk) is None
+    result.reply.refresh_from_db()
+    assert result.reply.status == "streaming"
+
+
+def test_a_redelivered_task_fails_a_reply_whose_heartbeat_stopped(owner, settings) -> None:
     result = message_send(actor=owner, text="Hello", model_key="demo")
     reply_claim(reply_id=result.reply.pk)
     Message.objects.filter(pk=result.reply.pk).update(
-        started_at=timezone.now() - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS + 1)
+        heartbeat_at=timezone.now()
+        - timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS + 1)
     )
     assert reply_claim(reply_id=result.reply.pk) is None
     result.reply.refresh_from_db()

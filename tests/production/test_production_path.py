@@ -47,7 +47,7 @@ def test_the_configuration_is_the_production_one() -> None:
     assert connection.vendor == "postgresql"
     assert settings.TASK_DISPATCH == "celery"
     assert settings.CELERY_BROKER_URL.startswith("redis://")
-    assert type(get_channel_layer()).__module__.startswith("channels_redis")
+    assert type(get_channel_layer()).__module__ == "enterprise_ai.channel_layers"
     assert settings.CELERY_TASK_ROUTES[generate_reply.name]["queue"] == "llm"
 
 

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.production, pytest.mark.django_db(transaction=True)]
 
 
 async def test_logout_closes_the_socket_through_redis(owner) -> None:
-    assert type(get_channel_layer()).__module__.startswith("channels_redis")
+    assert type(get_channel_layer()).__module__ == "enterprise_ai.channel_layers"
     client, cookie = await sync_to_async(signed_in)(owner)
     comm = await connected(cookie)
     response = await sync_to_async(client.post)("/accounts/logout/", secure=True)

@@ -21,6 +21,15 @@ print(json.dumps({
     "engine": s.DATABASES["default"]["ENGINE"],
     "db_name": str(s.DATABASES["default"]["NAME"]),
     "layer": s.CHANNEL_LAYERS["default"]["BACKEND"],
+    "layer_config": {
+        k: v for k, v in s.CHANNEL_LAYERS["default"].get("CONFIG", {}).items() if k != "hosts"
+    },
+    "layer_host": (s.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts") or [{}])[0],
+    "cache_options": s.CACHES["default"].get("OPTIONS", {}),
+    "db_pool": {
+        k: v for k, v in s.DATABASES["default"].get("OPTIONS", {}).get("pool", {}).items()
+        if k != "check"
+    } if isinstance(s.DATABASES["default"].get("OPTIONS", {}).get("pool"), dict) else None,
     "cache": s.CACHES["default"]["BACKEND"],
     "dispatch": s.TASK_DISPATCH,
     "broker": s.CELERY_BROKER_URL,
@@ -86,10 +95,42 @@ def test_production_path_with_postgres_and_redis(tmp_path: Path) -> None:
     )
     assert s["embedded"] is False
     assert s["engine"] == "django.db.backends.postgresql"
-    assert s["layer"] == "channels_redis.core.RedisChannelLayer"
+    assert s["layer"] == "enterprise_ai.channel_layers.RedisChannelLayer"
     assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
     assert s["dispatch"] == "celery"
     assert s["broker"] == "redis://cache.internal:6379/0"
+
+
+def test_production_connections_are_explicit_and_outlast_blocking_reads(tmp_path: Path) -> None:
+    """Idle sockets died after 5 s when redis-py's socket timeout equalled the channel
+    layer's blocking read; the web process's inbox held 100 messages for all its sockets."""
+    s = settings_of(
+        tmp_path,
+        DATABASE_URL="postgres://app@db.internal:5432/eai",
+        REDIS_URL="redis://cache.internal:6379/0",
+        SECRET_KEY=PRODUCTION_KEY,
+        AUDIT_HMAC_KEY=AUDIT_KEY,
+        ALLOWED_HOSTS="ai.example.com",
+    )
+    host = s["layer_host"]
+    assert host["address"] == "redis://cache.internal:6379/0"
+    # channels-redis blocks on BZPOPMIN for 5 s: every read must be allowed longer.
+    assert host["socket_timeout"] > 5 and s["cache_options"]["socket_timeout"] > 5
+    assert host["socket_keepalive"] is True and host["health_check_interval"] > 0
+    assert s["cache_options"]["pool_class"] == "redis.BlockingConnectionPool"
+    assert s["layer_config"]["capacity"] >= 1000
+    assert s["db_pool"] == {"min_size": 2, "max_size": 20, "timeout": 30.0, "max_idle": 300.0}
+
+
+def test_redis_timeouts_below_the_blocking_read_are_refused(tmp_path: Path) -> None:
+    assert "REDIS_SOCKET_TIMEOUT must be at least 6" in failure_of(
+        tmp_path,
+        REDIS_URL="redis://cache.internal:6379/0",
+        SECRET_KEY=PRODUCTION_KEY,
+        AUDIT_HMAC_KEY=AUDIT_KEY,
+        ALLOWED_HOSTS="ai.example.com",
+        REDIS_SOCKET_TIMEOUT="5",
+    )
 
 
 def test_rabbitmq_broker_with_redis_layer(tmp_path: Path) -> None:
