@@ -13,7 +13,8 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
@@ -29,6 +30,7 @@ from enterprise_ai import ratelimit
 from providers.registry import default_model_for
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Close code for a refused handshake (the browser sees HTTP 403).
 CLOSE_UNAUTHENTICATED = 4401
@@ -36,6 +38,19 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_SESSION_ENDED = 4440
 # How long the session watcher waits after a failed check before trying again.
 SESSION_WATCH_RETRY_SECONDS = 60
+
+# The sockets' database work runs on a pool of its own. Channels' default runs every
+# consumer's database call of the process on one shared thread: sends of many people then
+# queue behind each other. Connections come from the database pool (docs/performance.md).
+_db_executor = ThreadPoolExecutor(
+    max_workers=settings.CHAT_DB_THREADS, thread_name_prefix="chat-db"
+)
+
+
+def db(function: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """`function` as a coroutine run on the sockets' database threads (connections closed
+    or returned to the pool after each call, as Channels does)."""
+    return database_sync_to_async(function, thread_sensitive=False, executor=_db_executor)
 
 
 def _parse_uuid(value: object, field: str) -> uuid.UUID:
@@ -98,7 +113,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         return audit_context.from_scope(self.scope)
 
     async def audit(self, action: AuditAction, outcome: AuditOutcome, **details: Any) -> None:
-        await database_sync_to_async(audit_record)(
+        await db(audit_record)(
             action=action,
             target=(TargetType.SOCKET, self.connection_id),
             outcome=outcome,
@@ -109,7 +124,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     # --- The session behind the socket (accounts/sessions.py) ------------------------------
 
     async def session_check(self, *, user_id: int, touch: bool) -> sessions.SocketCheck:
-        return await database_sync_to_async(sessions.socket_session_check)(
+        return await db(sessions.socket_session_check)(
             session_key=self.session_key, user_id=user_id, touch=touch
         )
 
@@ -246,7 +261,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             conversation_id = uuid.uuid4()
             await self.subscribe(conversation_id)
             try:
-                result = await database_sync_to_async(services.message_send)(
+                result = await db(services.message_send)(
                     actor=self.user,
                     text=content.get("text"),
                     model_key=model_key,
@@ -258,11 +273,9 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         else:
             conversation_id = _parse_uuid(raw_conversation, "conversation")
             # Ownership first: a socket never joins a group it may not read.
-            await database_sync_to_async(selectors.conversation_get_owned)(
-                user=self.user, public_id=conversation_id
-            )
+            await db(selectors.conversation_get_owned)(user=self.user, public_id=conversation_id)
             await self.subscribe(conversation_id)
-            result = await database_sync_to_async(services.message_send)(
+            result = await db(services.message_send)(
                 actor=self.user,
                 text=content.get("text"),
                 model_key=model_key,
@@ -283,22 +296,22 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
 
     async def handle_stop(self, content: dict[str, Any]) -> None:
         message_id = _parse_uuid(content.get("message"), "message")
-        await database_sync_to_async(services.reply_stop)(actor=self.user, message_id=message_id)
+        await db(services.reply_stop)(actor=self.user, message_id=message_id)
 
     async def handle_subscribe(self, content: dict[str, Any]) -> None:
         conversation_id = _parse_uuid(content.get("conversation"), "conversation")
-        await database_sync_to_async(selectors.conversation_get_owned)(
-            user=self.user, public_id=conversation_id
-        )
+        await db(selectors.conversation_get_owned)(user=self.user, public_id=conversation_id)
         # Join before reading the snapshot: every delta after it will reach this socket.
         await self.subscribe(conversation_id)
-        snapshot = await database_sync_to_async(selectors.conversation_snapshot)(
+        snapshot = await db(selectors.conversation_snapshot)(
             user=self.user, public_id=conversation_id
         )
         await self.send_json({"type": "snapshot", **snapshot})
 
-    @database_sync_to_async
-    def default_model_key(self) -> str:
+    async def default_model_key(self) -> str:
+        return await db(self._default_model_key)()
+
+    def _default_model_key(self) -> str:
         model = default_model_for(self.user)
         if model is None:
             raise ChatError(

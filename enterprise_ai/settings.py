@@ -452,6 +452,9 @@ CHAT_SWEEP_SECONDS = env.float("CHAT_SWEEP_SECONDS", 10, min_value=0.1)
 WEBSOCKET_CONNECT_TIMEOUT_SECONDS = env.int("WEBSOCKET_CONNECT_TIMEOUT_SECONDS", 30, min_value=1)
 WEBSOCKET_PING_SECONDS = env.int("WEBSOCKET_PING_SECONDS", 20, min_value=1)
 WEBSOCKET_PING_TIMEOUT_SECONDS = env.int("WEBSOCKET_PING_TIMEOUT_SECONDS", 30, min_value=1)
+# Threads a web process runs the chat sockets' database work on (sends, stops, snapshots,
+# session checks, audit events), each with a pooled connection while it runs.
+CHAT_DB_THREADS = env.int("CHAT_DB_THREADS", 16, min_value=1)
 # How often a generating process looks for stop requests (one Redis round trip per process).
 CHAT_STOP_POLL_MS = env.int("CHAT_STOP_POLL_MS", 200, min_value=10)
 if CHAT_HEARTBEAT_TIMEOUT_SECONDS <= CHAT_HEARTBEAT_SECONDS:
