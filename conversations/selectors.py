@@ -7,7 +7,7 @@ from typing import Any
 from uuid import UUID
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Q, QuerySet, Sum
 
 from accounts.models import User
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
@@ -76,7 +76,39 @@ def conversation_get_owned(*, user: User, public_id: UUID) -> Conversation:
 
 
 def message_list(*, conversation: Conversation) -> QuerySet[Message]:
-    return conversation.messages.order_by("id")
+    """The conversation's messages, oldest first, each with the tokens of its cost-ledger
+    entries (`ledger_input_tokens`, `ledger_output_tokens`, for `reply_usage`)."""
+    return conversation.messages.order_by("id").annotate(
+        ledger_input_tokens=Sum("cost_entries__input_tokens"),
+        ledger_output_tokens=Sum("cost_entries__output_tokens"),
+    )
+
+
+def reply_usage(reply: Message) -> dict[str, Any]:
+    """A finished reply's tokens and cost, as `done` and `snapshot` carry them.
+
+    The tokens are what the provider reported. When some call reported none (a reply stopped
+    midway), the cost ledger holds an estimate for it (docs/costs.md), and the tokens are the
+    ledger's, flagged `estimated` like the cost. Reads the ledger then, unless `reply` came
+    from `message_list`.
+    """
+    input_tokens, output_tokens = reply.input_tokens, reply.output_tokens
+    if reply.cost_estimated:
+        if hasattr(reply, "ledger_input_tokens") and hasattr(reply, "ledger_output_tokens"):
+            input_tokens = reply.ledger_input_tokens
+            output_tokens = reply.ledger_output_tokens
+        else:
+            totals = reply.cost_entries.aggregate(
+                input=Sum("input_tokens"), output=Sum("output_tokens")
+            )
+            input_tokens, output_tokens = totals["input"], totals["output"]
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cost": str(reply.cost) if reply.cost is not None else None,
+        "currency": settings.COSTS_CURRENCY,
+        "estimated": reply.cost_estimated,
+    }
 
 
 def message_to_frame(message: Message) -> dict[str, Any]:
@@ -101,6 +133,8 @@ def message_to_frame(message: Message) -> dict[str, Any]:
         frame["html"] = render_markdown(message.content)
         if message.status == Message.Status.FAILED:
             frame["error"] = message.error
+        else:  # complete or cancelled: what its `done` frame showed
+            frame["usage"] = reply_usage(message)
     if message.role == Message.Role.ASSISTANT:
         frame["answered_by"] = message.answered_by
         frame["notice"] = message.notice

@@ -224,6 +224,9 @@ async def test_oversized_frame_is_refused_before_parsing(owner, session_cookie) 
         ('{"type": "launch"}', "unknown_type"),
         ('{"type": "send", "text": "   "}', "invalid"),
         ('{"type": "send", "text": 42}', "invalid"),
+        # PostgreSQL cannot store a NUL: refused as invalid, never an internal error.
+        ('{"type": "send", "text": "a\\u0000b", "model": "demo"}', "invalid"),
+        ('{"type": "send", "text": "hi", "model": "demo\\u0000"}', "invalid"),
         ('{"type": "send", "text": "hi", "model": "gpt-unknown"}', "model_unavailable"),
         ('{"type": "send", "text": "hi", "conversation": "not-a-uuid"}', "invalid"),
         ('{"type": "stop", "message": null}', "invalid"),

@@ -47,6 +47,54 @@ async def test_a_reply_carries_its_cost_and_the_ledger_matches(
     assert entry.cost == expected.quantize(Decimal("0.000001")) == reply.cost
     assert done["usage"]["cost"] == str(reply.cost) and done["usage"]["currency"] == "USD"
     assert entry.user_id == owner.pk and entry.request_id == reply.request_id
+    # After a reload the reply still shows its tokens and cost, as `done` did.
+    page = await database_sync_to_async(chat_page)(owner, reply)
+    tokens = reply.input_tokens + reply.output_tokens
+    assert f'<p class="msg-cost">{tokens} tokens · {reply.cost} USD</p>' in page
+
+
+def chat_page(user, reply: Message) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.get(f"/c/{reply.conversation.public_id}/").content.decode()
+
+
+async def test_a_stopped_reply_shows_the_ledgers_estimate_also_after_a_reload(
+    owner, session_cookie, slow_demo
+) -> None:
+    # Stopped midway, the provider reported no usage: the ledger holds an estimate, and the
+    # reply shows that estimate (flagged), not "0 tokens".
+    await database_sync_to_async(price_demo)()
+    comm = await connected(await database_sync_to_async(session_cookie)(owner))
+    await comm.send_json_to({"type": "send", "text": "Tell me a lot", "model": "demo"})
+    accepted = await comm.receive_json_from(timeout=5)
+    assert (await comm.receive_json_from(timeout=5))["type"] == "delta"
+    await comm.send_json_to({"type": "stop", "message": accepted["message"]})
+    done = (await receive_until(comm, is_final))[-1]
+    await comm.send_json_to({"type": "subscribe", "conversation": accepted["conversation"]})
+    snapshot = (await receive_until(comm, lambda f: f["type"] == "snapshot"))[-1]
+    await comm.disconnect()
+
+    reply = await database_sync_to_async(Message.objects.select_related("conversation").get)(
+        public_id=accepted["message"]
+    )
+    assert reply.status == "cancelled" and reply.input_tokens is None and reply.cost_estimated
+    entries = await database_sync_to_async(list)(CostEntry.objects.filter(message=reply))
+    estimated_in = sum(e.input_tokens for e in entries)
+    estimated_out = sum(e.output_tokens for e in entries)
+    assert estimated_in > 0 and estimated_out > 0 and all(e.estimated for e in entries)
+    usage = {
+        "input_tokens": estimated_in,
+        "output_tokens": estimated_out,
+        "cost": str(reply.cost),
+        "currency": "USD",
+        "estimated": True,
+    }
+    assert done["type"] == "done" and done["usage"] == usage
+    assert [m.get("usage") for m in snapshot["messages"]] == [None, usage]
+    page = await database_sync_to_async(chat_page)(owner, reply)
+    line = f"{estimated_in + estimated_out} tokens · {reply.cost} USD (estimated)"
+    assert f'<p class="msg-cost">{line}</p>' in page
 
 
 async def test_a_refused_request_gets_a_clear_error_and_reaches_no_provider(

@@ -18,9 +18,11 @@ from audit.models import AuditEvent
 from conversations.errors import ChatError
 from conversations.models import Conversation, Message
 from conversations.services import message_send
-from costs.models import Budget, BudgetWindow, CostEntry, ModelPrice, Reservation
+from costs.models import MICRO, Budget, BudgetWindow, CostEntry, ModelPrice, Reservation
 from costs.services import (
+    BudgetExceeded,
     CallUsage,
+    Estimate,
     budget_reserve,
     call_cost,
     estimate_max,
@@ -213,6 +215,71 @@ def test_a_token_limit_blocks_like_a_money_limit(owner, priced_model) -> None:
     )  # fmt: skip
     with pytest.raises(ChatError):
         message_send(actor=owner, text="Hi", model_key="demo")
+
+
+# The two below are the unit-suite guard of what tests/production/test_costs_postgres.py
+# shows under concurrency: holds of replies in progress count, and a call that fits exactly
+# in what is left is allowed. Each runs against a money limit and against a token limit.
+LIMITS = ["money", "tokens"]
+
+
+def org_budget(kind: str, *, calls: int, estimate: Estimate, short: bool = False) -> Budget:
+    """An organisation budget with room for exactly `calls` calls of `estimate` (one
+    micro-unit or one token less when `short`)."""
+    if kind == "money":
+        limit = estimate.amount * calls - (MICRO if short else 0)
+        return Budget.objects.create(
+            name="Org", scope="organisation", period="monthly", limit_amount=limit
+        )
+    return Budget.objects.create(
+        name="Org", scope="organisation", period="monthly", limit_amount=Decimal("1000000"),
+        limit_tokens=estimate.tokens * calls - (1 if short else 0),
+    )  # fmt: skip
+
+
+def reserve(user: Any, model: AIModel) -> Message:
+    reply = reply_for(user)
+    budget_reserve(user=user, reply=reply, model=model, input_tokens=1000)
+    return reply
+
+
+@pytest.mark.parametrize("kind", LIMITS)
+def test_amounts_held_by_replies_in_progress_count_against_the_budget(
+    owner, priced_model, kind
+) -> None:
+    estimate = estimate_max(model=priced_model, input_tokens=1000, when=timezone.now())
+    budget = org_budget(kind, calls=2, estimate=estimate, short=True)  # room for one call
+    first = reserve(owner, priced_model)  # in progress: nothing spent yet, all of it held
+
+    with pytest.raises(BudgetExceeded) as refused:
+        reserve(owner, priced_model)
+    assert "held by replies in progress" in refused.value.reason
+    assert refused.value.details["spent"] == "0.000000"
+    assert refused.value.details["reserved"] == str(estimate.amount)
+    held = window(budget)
+    assert (held.reserved, held.reserved_tokens) == (estimate.amount, estimate.tokens)
+    assert list(Reservation.objects.values_list("message", flat=True)) == [first.pk]
+
+
+@pytest.mark.parametrize("kind", LIMITS)
+def test_a_call_that_fits_exactly_in_what_is_left_is_allowed(owner, priced_model, kind) -> None:
+    estimate = estimate_max(model=priced_model, input_tokens=1000, when=timezone.now())
+    budget = org_budget(kind, calls=3, estimate=estimate)
+    start, _ = period_bounds(budget.period, timezone.now())
+    BudgetWindow.objects.create(  # one call's worth already spent
+        budget=budget, period_start=start, spent=estimate.amount, spent_tokens=estimate.tokens
+    )
+    reserve(owner, priced_model)  # one held
+    reserve(owner, priced_model)  # spent + held + this one: exactly the limit
+
+    used = window(budget)
+    if kind == "money":
+        assert used.spent + used.reserved == budget.limit_amount
+    else:
+        assert used.spent_tokens + used.reserved_tokens == budget.limit_tokens
+    with pytest.raises(BudgetExceeded):
+        reserve(owner, priced_model)  # nothing left
+    assert Reservation.objects.count() == 2
 
 
 # --- Settle -----------------------------------------------------------------------------------

@@ -276,6 +276,34 @@ def test_tool_result_with_instructions_is_withheld_when_blocking(owner, service,
     assert ATTACK_QUERY in reply.tool_events[0]["result"]
 
 
+def test_block_redacts_what_it_cannot_refuse_from_every_provider_request(
+    owner, service, google
+) -> None:
+    # Block mode refuses new messages with personal data, but a request also carries what
+    # was stored before the policy changed, the model's own tool calls and tool results:
+    # those get placeholders, as in redact mode (the backstop, docs/guardrails.md).
+    set_policy(dlp_mode="flag", injection_mode_tools="off")
+    first = ask(owner, service, f"My card is {CARD}.")
+    assert first.status == "complete", first.error
+    set_policy(dlp_mode="block")
+    service.script_tool("search_internet", {"query": f"contact {EMAIL}"})
+    second = ask(owner, service, "Who should I write to?", conversation=first.conversation)
+    assert second.status == "complete", second.error
+
+    requests = service.model_requests()
+    assert len(requests) == 3  # the first reply; the second one's call and its tool answer
+    for index in (1, 2):
+        body = sent(service, index)
+        for value in (CARD, CARD.replace(" ", ""), EMAIL):
+            assert value not in body
+    assert "My card is [CARD_1]." in sent(service, 1)  # the older message
+    tool_answer = [s for s in strings(requests[2].body) if '<tool_result name="' in s]
+    assert len(tool_answer) == 1 and "[EMAIL_1]" in tool_answer[0]  # the tool result
+    assert "contact [EMAIL_1]" in sent(service, 2)  # the model's own tool call, sent back
+    # The user's view of the tool call is what the tool returned.
+    assert EMAIL in second.tool_events[0]["result"]
+
+
 def test_tool_results_are_redacted_with_the_conversation_placeholders(
     owner, service, google
 ) -> None:

@@ -128,6 +128,7 @@ function renderMessage(message) {
   if (message.role === "assistant") renderExtras(article, message.tools, message.notice);
   if (message.status === "cancelled") addNote(article, "msg-note", "Stopped.");
   if (message.error) addNote(article, "msg-error", message.error);
+  if (message.usage) showCost(article, message.usage); // finished replies, as `done` showed
   return article;
 }
 
