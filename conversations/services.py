@@ -6,6 +6,7 @@ the reply task, broadcasting to sockets) run on commit.
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass, field, replace
@@ -16,14 +17,14 @@ from uuid import UUID
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from accounts.models import User
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.services import audit_record
-from conversations import streams
+from conversations import selectors, streams
 from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
@@ -47,8 +48,10 @@ from guardrails.services import (
     screening_record,
 )
 from providers.base import ChatMessage
-from providers.registry import UnknownModel, model_for_user
+from providers.registry import UnknownModel, get_model, model_for_user
 from providers.window import input_budget, message_tokens
+
+logger = logging.getLogger(__name__)
 
 TITLE_MAX_CHARS = 80
 GENERIC_FAILURE = "Something went wrong while generating this reply. Please try again."
@@ -81,6 +84,9 @@ def _validate_text(text: object) -> str:
         raise ChatError("invalid", "The message must be text.")
     if not text.strip():
         raise ChatError("invalid", "The message is empty.")
+    if "\x00" in text:
+        # PostgreSQL cannot store a NUL in text; no keyboard types one either.
+        raise ChatError("invalid", "The message contains a NUL character, which is not allowed.")
     if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
         raise ChatError(
             "too_large",
@@ -90,31 +96,95 @@ def _validate_text(text: object) -> str:
     return text
 
 
-def _fail_interrupted(replies: QuerySet[Message]) -> None:
-    """Fail replies whose worker evidently died, recording each failure in the audit trail."""
-    for reply in replies.select_related("conversation__owner"):
-        failed = Message.objects.filter(pk=reply.pk, status=reply.status).update(
-            status=Message.Status.FAILED,
-            error_code="interrupted",
-            error=INTERRUPTED,
-            completed_at=timezone.now(),
+def _interrupted_calls(reply: Message) -> list[CallUsage]:
+    """What an interrupted reply is charged: nothing if nothing streamed; otherwise one
+    estimated call (the window it was sent, the text the snapshot holds), like any call
+    that ended without the provider's usage."""
+    snapshot = streams.snapshot_get(reply.public_id) if reply.status == "streaming" else None
+    text = snapshot["text"] if snapshot else ""
+    if not text:
+        return []
+    key = reply.answered_by or reply.model
+    try:
+        provider = get_model(key).provider
+    except UnknownModel:
+        provider = ""
+    return [
+        CallUsage(
+            model=key,
+            provider=provider,
+            input_tokens=_input_estimate(
+                conversation=reply.conversation, model=None, budget=2**31 - 1
+            ),
+            output_tokens=message_tokens(ChatMessage("assistant", text)),
+            estimated=True,
         )
-        if failed:
+    ]
+
+
+def _fail_interrupted(replies: QuerySet[Message]) -> int:
+    """Fail replies whose worker evidently died: each in its own transaction, recorded in
+    the audit trail, its holds released (or an estimate charged when text had streamed),
+    and its sockets told with an `interrupted` error. Returns how many were failed."""
+    failed_count = 0
+    for reply in replies.select_related("conversation__owner"):
+        with transaction.atomic():
+            calls = _interrupted_calls(reply)
+            failed = Message.objects.filter(pk=reply.pk, status=reply.status).update(
+                status=Message.Status.FAILED,
+                error_code="interrupted",
+                error=INTERRUPTED,
+                completed_at=timezone.now(),
+            )
+            if not failed:
+                continue
+            failed_count += 1
             reply.status = Message.Status.FAILED
-            reply.error_code = "interrupted"
-            # Its worker died with the usage: release the holds; nothing is known to charge.
-            ledger_settle(reply=reply, calls=[], outcome=reply.status)
+            reply.error_code, reply.error = "interrupted", INTERRUPTED
+            settlement = ledger_settle(reply=reply, calls=calls, outcome=reply.status)
+            if calls:
+                Message.objects.filter(pk=reply.pk).update(
+                    cost=settlement.cost, cost_estimated=settlement.estimated
+                )
             _audit_reply_end(reply)
+            transaction.on_commit(partial(_broadcast_error, reply))
+            transaction.on_commit(partial(streams.stream_forget, reply.public_id))
+    return failed_count
+
+
+def _stuck(queryset: QuerySet[Message]) -> QuerySet[Message]:
+    """Replies in flight whose worker evidently died: streaming without a heartbeat for
+    CHAT_HEARTBEAT_TIMEOUT_SECONDS, or pending (never picked up) for CHAT_REPLY_MAX_SECONDS."""
+    now = timezone.now()
+    silent = now - timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS)
+    return queryset.filter(
+        Q(status=Message.Status.STREAMING, heartbeat_at__lt=silent)
+        | Q(status=Message.Status.STREAMING, heartbeat_at__isnull=True, started_at__lt=silent)
+        | Q(
+            status=Message.Status.PENDING,
+            created_at__lt=now - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS),
+        )
+    )
+
+
+def replies_sweep(*, limit: int = 200) -> int:
+    """Fail up to `limit` stuck replies (see `_stuck`) as interrupted; return how many.
+
+    Run by every worker, by beat and by the embedded scheduler every CHAT_SWEEP_SECONDS;
+    safe to run from several processes at once (each reply is failed once).
+    """
+    ids = list(_stuck(Message.objects.all()).order_by("id").values_list("pk", flat=True)[:limit])
+    if not ids:
+        return 0
+    swept = _fail_interrupted(Message.objects.filter(pk__in=ids).order_by("id"))
+    if swept:
+        logger.warning("swept %d interrupted replies", swept)
+    return swept
 
 
 def _expire_stale_reply(conversation: Conversation) -> None:
     """Fail an in-flight reply whose worker has evidently died, so the chat is not stuck."""
-    cutoff = timezone.now() - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS)
-    _fail_interrupted(
-        Message.objects.filter(
-            conversation=conversation, status__in=Message.IN_FLIGHT, created_at__lt=cutoff
-        )
-    )
+    _fail_interrupted(_stuck(Message.objects.filter(conversation=conversation)))
 
 
 def conversation_access_denied(
@@ -155,6 +225,8 @@ def message_send(
     text = _validate_text(text)
     if not isinstance(model_key, str):
         raise ChatError("invalid", "The model must be given by its name.")
+    if "\x00" in model_key:  # not a model's name, and PostgreSQL cannot store it (audit)
+        raise ChatError("invalid", "The model name contains a NUL character.")
     try:
         model = model_for_user(model_key, actor)
     except UnknownModel:
@@ -436,22 +508,16 @@ def reply_claim(*, reply_id: int) -> Message | None:
     """Mark a pending reply as streaming, for exactly one worker.
 
     Returns the reply, or None when it is not pending (already claimed, finished, stopped or
-    deleted): a task delivered twice therefore produces one reply. A reply left streaming by
-    a dead worker for longer than CHAT_REPLY_MAX_SECONDS is failed here instead.
+    deleted): a task delivered twice therefore produces one reply. A redelivered task whose
+    reply's worker has died (its heartbeat stopped) fails it as interrupted at once instead
+    of waiting for the sweeper.
     """
     now = timezone.now()
     claimed = Message.objects.filter(pk=reply_id, status=Message.Status.PENDING).update(
-        status=Message.Status.STREAMING, started_at=now
+        status=Message.Status.STREAMING, started_at=now, heartbeat_at=now
     )
     if not claimed:
-        with transaction.atomic():
-            _fail_interrupted(
-                Message.objects.filter(
-                    pk=reply_id,
-                    status=Message.Status.STREAMING,
-                    started_at__lt=now - timedelta(seconds=settings.CHAT_REPLY_MAX_SECONDS),
-                )
-            )
+        _fail_interrupted(_stuck(Message.objects.filter(pk=reply_id)))
         return None
     return Message.objects.select_related("conversation").get(pk=reply_id)
 
@@ -581,13 +647,7 @@ def _broadcast_done(reply: Message) -> None:
             "status": reply.status,
             "html": render_markdown(reply.content),
             "stop_reason": reply.stop_reason,
-            "usage": {
-                "input_tokens": reply.input_tokens,
-                "output_tokens": reply.output_tokens,
-                "cost": str(reply.cost) if reply.cost is not None else None,
-                "currency": settings.COSTS_CURRENCY,
-                "estimated": reply.cost_estimated,
-            },
+            "usage": selectors.reply_usage(reply),
             "timings": {
                 "time_to_first_token_ms": reply.time_to_first_token_ms,
                 "duration_ms": reply.duration_ms,

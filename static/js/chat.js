@@ -223,7 +223,13 @@ const handlers = {
       return;
     }
     if (frame.seq <= reply.seq) return;
-    if (frame.seq !== reply.seq + 1) reply.gap = true; // missed a piece: "done" repairs it
+    if (frame.seq !== reply.seq + 1) {
+      // A piece was lost on the way (the server's channel layer dropped it): redraw from the
+      // stored text so far now, rather than showing a hole until "done".
+      reply.gap = true;
+      resubscribe();
+      return;
+    }
     reply.seq = frame.seq;
     reply.body.textContent += frame.text;
     reply.body.parentElement.dataset.status = "streaming";
