@@ -44,10 +44,23 @@ logger = logging.getLogger(__name__)
 TOOL_RESULT_STORED_CHARS = 2000
 
 
+def flush_interval_ms() -> float:
+    """How long a batch of text may wait before it is sent, in milliseconds.
+
+    CHAT_DELTA_FLUSH_MS, stretched when this process streams so many replies at once that
+    their sends together would exceed CHAT_DELTA_SENDS_PER_SECOND: every send is a message
+    a web process must read from Redis and relay, and a web process that falls behind
+    drops messages. At 200 replies in one worker, with the defaults, a batch leaves every
+    0.2 s instead of every 0.05 s; the text is the same, in fewer, larger pieces.
+    """
+    stretched = 1000 * inflight.active() / settings.CHAT_DELTA_SENDS_PER_SECOND
+    return max(float(settings.CHAT_DELTA_FLUSH_MS), stretched)
+
+
 class DeltaBatcher:
     """Turns many small text pieces into few channel-layer messages.
 
-    A batch is sent when CHAT_DELTA_FLUSH_MS have passed since the previous send or
+    A batch is sent when `flush_interval_ms()` has passed since the previous send or
     CHAT_DELTA_FLUSH_CHARS are waiting, so a fast model costs tens of messages a second,
     not one per token. The first piece goes out at once (time to first token matters most).
     Before each send the text so far is saved as the reply's snapshot for late subscribers.
@@ -74,7 +87,7 @@ class DeltaBatcher:
         self.pending.append(text)
         waited_ms = (time.monotonic() - self.last_flush) * 1000
         if (
-            waited_ms >= settings.CHAT_DELTA_FLUSH_MS
+            waited_ms >= flush_interval_ms()
             or sum(map(len, self.pending)) >= settings.CHAT_DELTA_FLUSH_CHARS
         ):
             self.flush()

@@ -174,6 +174,11 @@ def tracking(*, pk: int, public_id: UUID) -> Iterator[Tracked]:
         _monitor.remove(tracked)
 
 
+def active() -> int:
+    """How many replies this process is generating now."""
+    return len(_monitor.snapshot())
+
+
 def start_sweeping() -> None:
     """Also sweep stuck replies from this process every CHAT_SWEEP_SECONDS (workers)."""
     _monitor.sweep_too()

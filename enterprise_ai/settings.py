@@ -202,7 +202,7 @@ REDIS_KEY_PREFIX = env.str("REDIS_KEY_PREFIX", "eai")
 # Messages a socket's channel may have waiting before sends to it are dropped (and counted:
 # docs/performance.md). channels-redis buffers every socket of a web process in one Redis
 # list, so this is per process, not per socket: the library default (100) is far too small.
-CHANNEL_LAYER_CAPACITY = env.int("CHANNEL_LAYER_CAPACITY", 1000, min_value=1)
+CHANNEL_LAYER_CAPACITY = env.int("CHANNEL_LAYER_CAPACITY", 5000, min_value=1)
 # Seconds an undelivered channel-layer message lives.
 CHANNEL_LAYER_EXPIRY = env.int("CHANNEL_LAYER_EXPIRY", 60, min_value=1)
 # Redis connections (channel layer and cache). A socket read never times out below the
@@ -438,6 +438,9 @@ CHAT_FRAMES_PER_MINUTE = env.int("CHAT_FRAMES_PER_MINUTE", 120, min_value=0)
 CHAT_DELTA_FLUSH_MS = env.int("CHAT_DELTA_FLUSH_MS", 50, min_value=0)
 # ...or when this many characters are waiting, whichever comes first.
 CHAT_DELTA_FLUSH_CHARS = env.int("CHAT_DELTA_FLUSH_CHARS", 512, min_value=1)
+# Sends per second one process's replies may make together: with many replies at once the
+# flush interval stretches so that their total stays under this (web processes keep up).
+CHAT_DELTA_SENDS_PER_SECOND = env.int("CHAT_DELTA_SENDS_PER_SECOND", 1000, min_value=1)
 # A reply still "streaming" after this long is considered lost (its worker died).
 CHAT_REPLY_MAX_SECONDS = env.int("CHAT_REPLY_MAX_SECONDS", 600, min_value=10)
 # Every process generating replies refreshes their heartbeat this often (one query per

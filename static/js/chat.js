@@ -222,6 +222,7 @@ const handlers = {
       if (!state.pendingBubble && !findBubble(frame.message)) resubscribe();
       return;
     }
+    reply.heardAt = Date.now();
     if (frame.seq <= reply.seq) return;
     if (frame.seq !== reply.seq + 1) {
       // A piece was lost on the way (the server's channel layer dropped it): redraw from the
@@ -397,3 +398,18 @@ el.model.addEventListener("change", updateDemoNotice);
 
 updateDemoNotice();
 connect();
+
+// A reply that has been silent for a long time may have ended while a frame was lost on
+// the way (the server drops messages it cannot deliver in time): ask for the stored state.
+// A model thinking or a tool running keeps a reply silent too: the snapshot then simply
+// shows it still streaming.
+const SILENT_REPLY_MS = 20000;
+setInterval(() => {
+  const reply = state.reply;
+  if (!reply) return;
+  reply.heardAt = reply.heardAt || Date.now();
+  if (Date.now() - reply.heardAt > SILENT_REPLY_MS) {
+    reply.heardAt = Date.now();
+    resubscribe();
+  }
+}, 5000);
