@@ -5,16 +5,9 @@ from __future__ import annotations
 from celery import shared_task
 
 from conversations.generation import reply_generate
-from conversations.services import replies_sweep
 
 
 @shared_task(name="conversations.tasks.generate_reply", ignore_result=True)
 def generate_reply(reply_id: int) -> None:
     """Generate one assistant reply. Idempotent: a redelivered task does nothing more."""
     reply_generate(reply_id=reply_id)
-
-
-@shared_task(name="conversations.tasks.sweep_replies", ignore_result=True)
-def sweep_replies() -> int:
-    """Fail replies whose worker died (heartbeat stopped) as interrupted."""
-    return replies_sweep()

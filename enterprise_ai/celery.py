@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import beat_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "enterprise_ai.settings")
 
@@ -23,8 +23,10 @@ app.autodiscover_tasks()
 
 
 @worker_ready.connect
-def _sweep_from_every_worker(**_: Any) -> None:
-    """Every worker also sweeps stuck replies, so they are failed even when beat is down."""
+@beat_init.connect
+def _sweep_stuck_replies(**_: Any) -> None:
+    """Workers and beat sweep stuck replies in-process (as web processes do): a reply whose
+    worker died is failed even when no worker, or no beat, is left."""
     from conversations import inflight
 
     inflight.start_sweeping()

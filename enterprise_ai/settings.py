@@ -157,9 +157,6 @@ DATABASE_POOL = env.bool("DATABASE_POOL", True)
 if DATABASE_URL:
     DATABASES: dict[str, dict[str, Any]] = {"default": environ.Env.db_url_config(DATABASE_URL)}
     if DATABASE_POOL and "postgresql" in DATABASES["default"]["ENGINE"]:
-        # Django checks each connection as the pool hands it out (ConnectionPool.
-        # check_connection): one killed server-side (pg_terminate_backend, a failover) is
-        # replaced then, not discovered by the request that uses it.
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": min(DATABASE_POOL_MIN_SIZE, DATABASE_POOL_MAX_SIZE),
             "max_size": DATABASE_POOL_MAX_SIZE,
@@ -167,8 +164,10 @@ if DATABASE_URL:
             # Idle connections beyond min_size are closed after this long.
             "max_idle": 300.0,
         }
-    else:
-        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # With a pool, Django checks each connection as the pool hands it out (psycopg-pool's
+    # check_connection): one killed server-side (pg_terminate_backend, a failover) is replaced
+    # then, not discovered by the request that uses it. Without one, before reuse.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATABASES = {
         "default": {
@@ -270,6 +269,9 @@ TASK_DISPATCH = "celery" if CELERY_BROKER_URL else "thread"
 THREAD_DISPATCH_WORKERS = env.int("THREAD_DISPATCH_WORKERS", 200, min_value=1)
 
 CELERY_BROKER_URL = CELERY_BROKER_URL or "memory://"
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # kombu's Redis transport, surviving a Redis restart while a reply is being generated.
+    CELERY_BROKER_TRANSPORT = "enterprise_ai.broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 # A reply task is acknowledged only when it has finished, so a worker that dies mid-reply
 # hands it to another worker; the task's claim on the message keeps it from running twice.
@@ -447,7 +449,8 @@ CHAT_REPLY_MAX_SECONDS = env.int("CHAT_REPLY_MAX_SECONDS", 600, min_value=10)
 # process, whatever the number of replies)...
 CHAT_HEARTBEAT_SECONDS = env.float("CHAT_HEARTBEAT_SECONDS", 5, min_value=0.1)
 # ...and a streaming reply whose heartbeat is older than this is failed as interrupted by the
-# sweeper, which runs this often in every worker, in beat and in the embedded server.
+# sweeper, which runs this often in every web process, every worker and beat (a thread of
+# each: it needs no worker alive, and no broker).
 CHAT_HEARTBEAT_TIMEOUT_SECONDS = env.float("CHAT_HEARTBEAT_TIMEOUT_SECONDS", 30, min_value=0.5)
 CHAT_SWEEP_SECONDS = env.float("CHAT_SWEEP_SECONDS", 10, min_value=0.1)
 # WebSockets (manage.py serve): seconds allowed for the opening handshake; a keepalive ping
@@ -580,10 +583,6 @@ except InvalidOperation:
 COSTS_RESERVATION_GRACE_SECONDS = env.int("COSTS_RESERVATION_GRACE_SECONDS", 300, min_value=0)
 
 CELERY_BEAT_SCHEDULE = {
-    "conversations-sweep-replies": {
-        "task": "conversations.tasks.sweep_replies",
-        "schedule": float(CHAT_SWEEP_SECONDS),
-    },
     "audit-checkpoint": {
         "task": "audit.tasks.audit_checkpoint",
         "schedule": float(AUDIT_CHECKPOINT_INTERVAL_SECONDS),

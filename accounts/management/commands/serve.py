@@ -1,4 +1,5 @@
-"""manage.py serve — the web server (daphne), plus the in-process scheduler when embedded.
+"""manage.py serve — the web server (daphne), plus the in-process scheduler when embedded,
+and the sweeper of stuck replies always.
 
 `make run` uses it. On the production path it only serves; Celery beat runs the schedule.
 """
@@ -10,6 +11,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 
+from conversations import inflight
 from enterprise_ai import daphne_server, scheduler
 
 
@@ -21,6 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("--port", default="8000")
 
     def handle(self, *args: Any, host: str, port: str, **options: Any) -> None:
+        # Every web process fails replies whose worker died (conversations/inflight.py).
+        inflight.start_sweeping()
         if settings.TASK_DISPATCH == "thread":
             scheduler.start()
             self.stdout.write(
