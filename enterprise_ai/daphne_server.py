@@ -10,7 +10,9 @@ server defined here instead, which refuses earlier, from the frame headers alone
 * a message fragmented into many small frames closes it the same way as soon as the frames
   so far add up to more than the limit (autobahn's maxMessagePayloadSize would do this, but
   it also caps what the server sends, and replies may legitimately be larger: so the check
-  is made here, for incoming messages only).
+  is made here, for incoming messages only);
+* a compressed message (permessage-deflate, below) closes it the same way as soon as what
+  it inflates to exceeds the limit.
 
 The limit is CHAT_MAX_FRAME_BYTES plus a margin, so a frame just over the limit still gets
 the consumer's explanatory `too_large` error instead of a closed socket.
@@ -61,6 +63,26 @@ def incoming_limit() -> int:
 
 
 class BoundedWebSocketProtocol(WebSocketProtocol):
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self.inflated_total = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameData(self, payload: bytes) -> None:
+        # A compressed frame announces its compressed length only: the limit applies to
+        # what it inflates to as well (autobahn bounds inflation to daphne's 1 MiB first).
+        self.inflated_total = getattr(self, "inflated_total", 0) + len(payload)
+        limit = self.factory.max_incoming_message_bytes
+        if not self.failedByMe and 0 < limit < self.inflated_total:
+            self.wasMaxMessagePayloadSizeExceeded = True
+            self._max_message_size_exceeded(
+                self.inflated_total,
+                limit,
+                f"received WebSocket message size {self.inflated_total} exceeds payload "
+                f"limit of {limit} octets",
+            )
+            return
+        super().onMessageFrameData(payload)
+
     def onMessageFrameBegin(self, length: int) -> None:
         super().onMessageFrameBegin(length)
         limit = self.factory.max_incoming_message_bytes

@@ -95,8 +95,7 @@ def test_a_redelivered_task_fails_a_reply_whose_heartbeat_stopped(owner, setting
     result = message_send(actor=owner, text="Hello", model_key="demo")
     reply_claim(reply_id=result.reply.pk)
     Message.objects.filter(pk=result.reply.pk).update(
-        heartbeat_at=timezone.now()
-        - timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS + 1)
+        heartbeat_at=timezone.now() - timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT_SECONDS + 1)
     )
     assert reply_claim(reply_id=result.reply.pk) is None
     result.reply.refresh_from_db()

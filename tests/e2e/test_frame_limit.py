@@ -79,6 +79,10 @@ async def test_an_oversized_message_closes_the_socket_with_1009(embedded_server:
     before = conversation_count(embedded_server, cookie)
     async with socket_to(embedded_server, cookie) as bystander:
         async with socket_to(embedded_server, cookie) as socket:
+            # Compressed (permessage-deflate), 512 KiB of one letter is a frame of a few
+            # hundred bytes: the limit applies to what it inflates to.
+            extensions = socket.response.headers.get("Sec-WebSocket-Extensions", "")
+            assert "permessage-deflate" in extensions
             await socket.send(send_frame("x" * (512 * 1024)))
             code, reason = await closed_code(socket)
         assert code == 1009
