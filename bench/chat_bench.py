@@ -501,6 +501,7 @@ def summarise_chats(
         "error_kinds": errors,
         "gaps": sum(r.gaps for r in results),
         "chats_with_gaps": sum(1 for r in results if r.gaps),
+        "repairs": sum(r.repairs for r in results),
         "complete": sum(1 for r in results if r.complete),
         "stored_complete": stored_ok,
         "deltas_per_reply": round(sum(r.deltas for r in results) / max(1, len(results)), 1),
