@@ -26,6 +26,7 @@ print(json.dumps({
     },
     "layer_host": (s.CHANNEL_LAYERS["default"].get("CONFIG", {}).get("hosts") or [{}])[0],
     "cache_options": s.CACHES["default"].get("OPTIONS", {}),
+    "db_health_checks": s.DATABASES["default"].get("CONN_HEALTH_CHECKS"),
     "db_pool": {
         k: v for k, v in s.DATABASES["default"].get("OPTIONS", {}).get("pool", {}).items()
         if k != "check"
@@ -99,19 +100,9 @@ def test_production_path_with_postgres_and_redis(tmp_path: Path) -> None:
     assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
     assert s["dispatch"] == "celery"
     assert s["broker"] == "redis://cache.internal:6379/0"
-
-
-def test_production_connections_are_explicit_and_outlast_blocking_reads(tmp_path: Path) -> None:
-    """Idle sockets died after 5 s when redis-py's socket timeout equalled the channel
-    layer's blocking read; the web process's inbox held 100 messages for all its sockets."""
-    s = settings_of(
-        tmp_path,
-        DATABASE_URL="postgres://app@db.internal:5432/eai",
-        REDIS_URL="redis://cache.internal:6379/0",
-        SECRET_KEY=PRODUCTION_KEY,
-        AUDIT_HMAC_KEY=AUDIT_KEY,
-        ALLOWED_HOSTS="ai.example.com",
-    )
+    # Connections are explicit. Idle sockets died after 5 s when redis-py's socket timeout
+    # equalled the channel layer's blocking read; the web process's inbox held 100 messages
+    # for all its sockets; killed PostgreSQL connections were handed out by the pool.
     host = s["layer_host"]
     assert host["address"] == "redis://cache.internal:6379/0"
     # channels-redis blocks on BZPOPMIN for 5 s: every read must be allowed longer.
@@ -120,6 +111,7 @@ def test_production_connections_are_explicit_and_outlast_blocking_reads(tmp_path
     assert s["cache_options"]["pool_class"] == "redis.BlockingConnectionPool"
     assert s["layer_config"]["capacity"] >= 1000
     assert s["db_pool"] == {"min_size": 2, "max_size": 20, "timeout": 30.0, "max_idle": 300.0}
+    assert s["db_health_checks"] is True
 
 
 def test_redis_timeouts_below_the_blocking_read_are_refused(tmp_path: Path) -> None:
