@@ -26,6 +26,12 @@ if ! listening 6379 && command -v redis-server >/dev/null; then
   wait_for 6379 Redis
 fi
 
+if ! listening 5672 && command -v rabbitmq-server >/dev/null; then
+  echo "ensure-services: starting RabbitMQ (the broker fault test's alternative broker)"
+  rabbitmq-server -detached || true
+  wait_for 5672 RabbitMQ
+fi
+
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   echo "ensure-services: installing chromium for the browser test"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
