@@ -341,6 +341,18 @@ _TABLE = re.compile(r'\b(?:FROM|INTO|UPDATE|JOIN)\s+"?([A-Za-z_][\w]*)"?', re.IG
 
 
 def statement_kind(text: str) -> str:
+    """The statement's first word; three kinds are named by what sends them:
+
+    CHECK: psycopg-pool's empty query when it hands out a connection (per checkout);
+    HEARTBEAT and SWEEP: the per-process reply monitor's timed statements
+    (conversations/inflight.py), which run every few seconds whatever the turns do.
+    """
+    if not text.strip():
+        return "CHECK"
+    if text.lstrip().startswith('UPDATE "conversations_message" SET "heartbeat_at"'):
+        return "HEARTBEAT"
+    if '"conversations_message"."heartbeat_at" <' in text and text.lstrip().startswith("SELECT"):
+        return "SWEEP"
     words = text.lstrip().split(None, 1)
     return words[0].upper() if words else "?"
 
