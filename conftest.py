@@ -79,6 +79,20 @@ def _fresh_local_cache() -> None:
         caches["default"].clear()
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """The test database as pytest-django makes it; before it is dropped, the connection
+    pool (production settings) closes every connection, also those other threads (socket
+    database threads, the reply monitor) last used, so the drop finds no session on it."""
+    yield
+    from django.db import connections
+
+    for connection in connections.all(initialized_only=True):
+        if getattr(connection, "pool", None) is not None:
+            with django_db_blocker.unblock():
+                connection.close_pool()
+
+
 # --- People -----------------------------------------------------------------------------------
 
 PASSWORD = "correct horse battery staple"

@@ -100,8 +100,7 @@ class DeltaBatcher:
         self.pending.clear()
         self.seq += 1
         self.last_flush = time.monotonic()
-        streams.snapshot_save(self.reply.public_id, seq=self.seq, text="".join(self.parts))
-        streams.broadcast(
+        streams.publish_delta(
             self.conversation_id,
             {
                 "type": "chat.delta",
@@ -110,6 +109,9 @@ class DeltaBatcher:
                 "seq": self.seq,
                 "text": chunk,
             },
+            message_id=self.reply.public_id,
+            seq=self.seq,
+            text="".join(self.parts),
         )
 
     def event(self, kind: str, **fields: Any) -> None:

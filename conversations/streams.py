@@ -19,6 +19,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import pickle
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypedDict, cast
@@ -27,6 +28,8 @@ from uuid import UUID
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.core.cache import cache
+
+from enterprise_ai.channel_layers import RedisChannelLayer
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +126,30 @@ class _SendLoop:
 _send_loop = _SendLoop()
 
 
+def publish_delta(
+    conversation_id: UUID, event: dict[str, Any], *, message_id: UUID, seq: int, text: str
+) -> bool:
+    """Save the reply's snapshot (`text` so far, `seq`) and send `event`, the delta that
+    brings a subscriber to it; never raises (see `broadcast`).
+
+    On the production layer both happen in one Redis round trip, in one script, so the
+    snapshot and the delta are never seen apart; elsewhere the snapshot is saved first.
+    """
+    layer = get_channel_layer()
+    if isinstance(layer, RedisChannelLayer) and layer.ring_size == 1:
+        also_set = (
+            cache.make_and_validate_key(_snapshot_key(message_id)),
+            # The cache's own format (django.core.cache.backends.redis.RedisSerializer), so
+            # that `snapshot_get` reads it through the cache as before.
+            pickle.dumps({"seq": seq, "text": text}, pickle.HIGHEST_PROTOCOL),
+            settings.CHAT_REPLY_MAX_SECONDS,
+        )
+        group = conversation_group(conversation_id)
+        return _send(layer.group_send(group, event, also_set=also_set), event)
+    snapshot_save(message_id, seq=seq, text=text)
+    return broadcast(conversation_id, event)
+
+
 def broadcast(conversation_id: UUID, event: dict[str, Any]) -> bool:
     """Send an event to every socket subscribed to the conversation (from sync code).
 
@@ -133,8 +160,12 @@ def broadcast(conversation_id: UUID, event: dict[str, Any]) -> bool:
     layer = get_channel_layer()
     if layer is None:  # pragma: no cover - CHANNEL_LAYERS is always configured
         return False
+    return _send(layer.group_send(conversation_group(conversation_id), event), event)
+
+
+def _send(coroutine: Coroutine[Any, Any, Any], event: dict[str, Any]) -> bool:
     try:
-        _send_loop.run(layer.group_send(conversation_group(conversation_id), event))
+        _send_loop.run(coroutine)
     except Exception as exc:
         logger.warning("channel layer send failed (%s): %s", event.get("type"), type(exc).__name__)
         return False

@@ -61,21 +61,27 @@ class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
 
 # --- The production channel layer ------------------------------------------------------------
 
+# KEYS: the n channel keys, the drop counter, and optionally a key to SET.
+# ARGV: n, the n messages, the n capacities, now, expiry, and optionally the value and its TTL.
 _GROUP_SEND = """
-local expiry = tonumber(ARGV[#ARGV])
-local now = tonumber(ARGV[#ARGV - 1])
+local n = tonumber(ARGV[1])
+local now = tonumber(ARGV[2 + 2 * n])
+local expiry = tonumber(ARGV[3 + 2 * n])
 local dropped = 0
-for i = 1, #KEYS - 1 do
+for i = 1, n do
     redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, now - expiry)
-    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[i + #KEYS - 1]) then
-        redis.call('ZADD', KEYS[i], now, ARGV[i])
+    if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[1 + n + i]) then
+        redis.call('ZADD', KEYS[i], now, ARGV[1 + i])
         redis.call('EXPIRE', KEYS[i], expiry)
     else
         dropped = dropped + 1
     end
 end
 if dropped > 0 then
-    redis.call('INCRBY', KEYS[#KEYS], dropped)
+    redis.call('INCRBY', KEYS[n + 1], dropped)
+end
+if #KEYS > n + 1 then
+    redis.call('SET', KEYS[n + 2], ARGV[4 + 2 * n], 'EX', ARGV[5 + 2 * n])
 end
 return dropped
 """
@@ -100,33 +106,49 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
         address = host.pop("address")
         return redis.asyncio.BlockingConnectionPool.from_url(address, **host)
 
-    async def group_send(self, group: str, message: dict[str, Any]) -> None:
+    async def group_send(
+        self,
+        group: str,
+        message: dict[str, Any],
+        *,
+        also_set: tuple[str, bytes, int] | None = None,
+    ) -> None:
+        """Send `message` to every channel of `group`; with `also_set` (key, value, seconds),
+        SET that key in the same script, so that a reply's snapshot and the delta that
+        matches it are written together in one round trip (conversations/streams.py)."""
         if not self.require_valid_group_name(group):
             raise TypeError(f"Group name not valid: {group!r}")
         key = self._group_key(group)
-        connection = self.connection(self.consistent_hash(group))
-        pipe = connection.pipeline(transaction=False)
+        group_index = self.consistent_hash(group)
+        pipe = self.connection(group_index).pipeline(transaction=False)
         pipe.zremrangebyscore(key, min=0, max=int(time.time()) - self.group_expiry)
         pipe.zrange(key, 0, -1)
         _, members = await pipe.execute()
         channel_names = [name.decode("utf8") for name in members]
-        if not channel_names:
-            return
-        by_connection, messages, capacities = self._map_channel_keys_to_connection(
-            channel_names, message
-        )
+        by_connection: dict[int, list[Any]] = {}
+        messages: dict[Any, bytes] = {}
+        capacities: dict[Any, int] = {}
+        if channel_names:
+            by_connection, messages, capacities = self._map_channel_keys_to_connection(
+                channel_names, message
+            )
+        pending_set = also_set
+        if pending_set is not None and group_index not in by_connection:
+            # Nobody on the group's shard is listening: the snapshot still has to be kept.
+            set_key, value, seconds = pending_set
+            await self.connection(group_index).set(set_key, value, ex=seconds)
+            pending_set = None
         dropped = 0
         for index, channel_keys in by_connection.items():
-            args = [messages[k] for k in channel_keys] + [capacities[k] for k in channel_keys]
-            dropped += await self.connection(index).eval(
-                _GROUP_SEND,
-                len(channel_keys) + 1,
-                *channel_keys,
-                drops_key(),
-                *args,
-                time.time(),
-                self.expiry,
-            )
+            keys = [*channel_keys, drops_key()]
+            args: list[Any] = [len(channel_keys)]
+            args += [messages[k] for k in channel_keys] + [capacities[k] for k in channel_keys]
+            args += [time.time(), self.expiry]
+            if pending_set is not None and index == group_index:
+                keys.append(pending_set[0])
+                args += [pending_set[1], pending_set[2]]
+                pending_set = None
+            dropped += await self.connection(index).eval(_GROUP_SEND, len(keys), *keys, *args)
         if dropped:
             logger.warning(
                 "channel layer over capacity: %d of %d channels of a group dropped a message",
