@@ -686,6 +686,40 @@ async def test_database_connections_killed_mid_reply_the_web_process_recovers(
     assert_books_balanced(site, person, {reply: 1, accepted2["message"]: 1})
 
 
+# --- A model silent for longer than every timeout ------------------------------------------
+
+
+async def test_a_model_silent_for_31_seconds_between_tokens_still_completes(
+    site: Site, launch: Callable[..., Stack], person: str
+) -> None:
+    """With the production defaults (heartbeat every 5 s, swept after 30 s silent, Redis
+    reads up to 30 s, daphne pings every 20 s), the socket and the reply outlive a model
+    that says nothing for 31 s: the heartbeat comes from the worker, not from tokens."""
+    stack = launch(
+        CHAT_HEARTBEAT_SECONDS="5", CHAT_HEARTBEAT_TIMEOUT_SECONDS="30", CHAT_SWEEP_SECONDS="10"
+    )
+    web = stack.start_web(wait=False)
+    worker = stack.start_worker(wait=False)
+    stack.wait_ready(web, worker)
+    site.upstream.reply_text = "Hello there"  # two pieces: "Hello ", then 31 s, "there"
+    pace(site.upstream, first_token=0.2, rate=1 / 31, words=2)
+
+    async with await ChatSocket.connect(
+        web.base_url, sign_in(web.base_url, person, PASSWORD)
+    ) as chat:
+        text = "A slow thinker"
+        accepted = await send(chat, text)
+        reply = accepted["message"]
+        await chat.until(first_delta_of(reply), timeout=20)
+        frames = await chat.until(final_for(reply), timeout=60)
+    assert frames[-1]["type"] == "done" and frames[-1]["status"] == "complete", frames[-1]
+    row = stored(site, reply)
+    assert row.status == "complete" and row.content == "Hello there"
+    assert streamed_text(chat.frames, reply) == "Hello there"
+    assert web.alive and worker.alive
+    assert_books_balanced(site, person, {reply: 1})
+
+
 # --- 5: the channel layer over capacity --------------------------------------------------------
 
 
