@@ -88,9 +88,10 @@ def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[N
     from django.db import connections
 
     for connection in connections.all(initialized_only=True):
-        if getattr(connection, "pool", None) is not None:
+        close_pool = getattr(connection, "close_pool", None)  # PostgreSQL with a pool
+        if close_pool is not None and getattr(connection, "pool", None) is not None:
             with django_db_blocker.unblock():
-                connection.close_pool()
+                close_pool()
 
 
 # --- People -----------------------------------------------------------------------------------
