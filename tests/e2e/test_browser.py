@@ -277,3 +277,58 @@ def test_tool_use_and_failover_are_shown(browser: Any, tmp_path: Any) -> None:
         finally:
             context.close()
             server.stop()
+
+
+def test_a_lost_delta_is_repaired_from_the_stored_reply_before_done(
+    embedded_server: Server, page: Any
+) -> None:
+    """The server drops a delta it cannot deliver in time (a full channel): the page sees the
+    sequence gap, asks for the stored state at once and shows the whole text so far, without
+    waiting for `done`. The loss is made here, between the server and the page."""
+    import json
+    import time
+
+    from playwright.sync_api import expect
+
+    events: list[tuple[float, str]] = []
+    dropped: dict[str, int] = {}
+
+    def route(ws: Any) -> None:
+        server = ws.connect_to_server()
+
+        def from_server(message: str | bytes) -> None:
+            frame = json.loads(message)
+            if frame.get("type") == "delta" and frame.get("seq") == 3 and not dropped:
+                dropped["seq"] = 3
+                events.append((time.monotonic(), "dropped"))
+                return
+            if frame.get("type") in {"snapshot", "done"}:
+                events.append((time.monotonic(), frame["type"]))
+            ws.send(message)
+
+        def from_page(message: str | bytes) -> None:
+            if json.loads(message).get("type") == "subscribe":
+                events.append((time.monotonic(), "subscribe"))
+            server.send(message)
+
+        server.on_message(from_server)
+        ws.on_message(from_page)
+
+    page.route_web_socket(re.compile(r"/ws/chat/$"), route)
+    page.goto(f"{embedded_server.base_url}/")
+    page.fill("#id_username", embedded_server.username)
+    page.fill("#id_password", embedded_server.password)
+    page.click("button[type=submit]")
+    expect(page.locator("#connection-status")).to_have_text("Connected")
+
+    page.fill("#composer-input", "Tell me about the gap")
+    page.press("#composer-input", "Enter")
+    reply = page.locator("article.msg-assistant").first
+    expect(reply).to_have_attribute("data-status", "complete", timeout=20_000)
+
+    kinds = [kind for _, kind in events]
+    assert dropped == {"seq": 3}
+    # dropped → subscribe → snapshot, all before the reply's `done`.
+    assert kinds.index("dropped") < kinds.index("subscribe") < kinds.index("snapshot")
+    assert kinds.index("snapshot") < kinds.index("done"), kinds
+    expect(reply.locator(".markdown strong")).to_have_text("demo model")
