@@ -31,7 +31,11 @@ from django.conf import settings
 from django.db import connections
 from django.utils import timezone
 
+from enterprise_ai.logging import Throttled
+
 logger = logging.getLogger(__name__)
+# Outages repeat the same failure for every batch of every reply: one line every 10 s.
+warn = Throttled(logger)
 
 
 @dataclass
@@ -104,20 +108,20 @@ class _Monitor:
     def _beats(self) -> None:
         last_sweep = time.monotonic()
         while True:
-            time.sleep(min(settings.CHAT_HEARTBEAT_SECONDS, settings.CHAT_SWEEP_SECONDS))
+            # Twice as often as the shorter interval, so neither drifts to twice its length.
+            time.sleep(min(settings.CHAT_HEARTBEAT_SECONDS, settings.CHAT_SWEEP_SECONDS) / 2)
             now = time.monotonic()
             # A reply's claim wrote its first heartbeat: beat only for those older than a beat.
             due = [
-                t.pk
+                t
                 for t in self.snapshot()
                 if now - t.since >= settings.CHAT_HEARTBEAT_SECONDS
                 and now - t.beaten >= settings.CHAT_HEARTBEAT_SECONDS
             ]
             if due:
-                _heartbeat(due)
-                for t in self.snapshot():
-                    if t.pk in due:
-                        t.beaten = now
+                _heartbeat([t.pk for t in due])
+                for t in due:
+                    t.beaten = now
             if self._sweeping and now - last_sweep >= settings.CHAT_SWEEP_SECONDS:
                 last_sweep = now
                 _sweep()
@@ -132,7 +136,7 @@ def _poll_stops(tracked: list[Tracked]) -> None:
     try:
         stopped = streams.stops_requested([t.public_id for t in waiting])
     except Exception as exc:  # Redis unavailable: try again at the next poll
-        logger.warning("stop requests not read: %s", type(exc).__name__)
+        warn.warning("stop requests not read: %s", type(exc).__name__)
         return
     for t in waiting:
         if t.public_id in stopped:
@@ -147,7 +151,7 @@ def _heartbeat(pks: list[int]) -> None:
             heartbeat_at=timezone.now()
         )
     except Exception as exc:  # the database restarting: the next beat tries again
-        logger.warning("reply heartbeat not written: %s", type(exc).__name__)
+        warn.warning("reply heartbeat not written: %s", type(exc).__name__)
     finally:
         connections.close_all()  # back to the pool until the next beat
 
@@ -158,7 +162,7 @@ def _sweep() -> None:
     try:
         replies_sweep()
     except Exception as exc:
-        logger.warning("reply sweep failed: %s", type(exc).__name__)
+        warn.warning("reply sweep failed: %s", type(exc).__name__)
     finally:
         connections.close_all()
 

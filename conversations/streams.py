@@ -30,8 +30,11 @@ from django.conf import settings
 from django.core.cache import cache
 
 from enterprise_ai.channel_layers import RedisChannelLayer
+from enterprise_ai.logging import Throttled
 
 logger = logging.getLogger(__name__)
+# Outages repeat the same failure for every batch of every reply: one line every 10 s.
+warn = Throttled(logger)
 
 # How long a synchronous caller waits for one channel-layer send before giving up on it.
 SEND_TIMEOUT_SECONDS = 10.0
@@ -60,7 +63,7 @@ def snapshot_save(message_id: UUID, *, seq: int, text: str) -> None:
             _snapshot_key(message_id), {"seq": seq, "text": text}, settings.CHAT_REPLY_MAX_SECONDS
         )
     except Exception as exc:  # Redis unavailable: late subscribers get the stored text
-        logger.warning("reply snapshot not saved: %s", type(exc).__name__)
+        warn.warning("reply snapshot not saved: %s", type(exc).__name__)
 
 
 def snapshot_get(message_id: UUID) -> StreamSnapshot | None:
@@ -87,7 +90,7 @@ def stream_forget(message_id: UUID) -> None:
     try:
         cache.delete_many([_snapshot_key(message_id), _stop_key(message_id)])
     except Exception as exc:  # they expire on their own
-        logger.warning("reply stream state not removed: %s", type(exc).__name__)
+        warn.warning("reply stream state not removed: %s", type(exc).__name__)
 
 
 class _SendLoop:
@@ -167,6 +170,6 @@ def _send(coroutine: Coroutine[Any, Any, Any], event: dict[str, Any]) -> bool:
     try:
         _send_loop.run(coroutine)
     except Exception as exc:
-        logger.warning("channel layer send failed (%s): %s", event.get("type"), type(exc).__name__)
+        warn.warning("channel layer send failed (%s): %s", event.get("type"), type(exc).__name__)
         return False
     return True

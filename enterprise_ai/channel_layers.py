@@ -21,7 +21,11 @@ import redis.asyncio
 from channels.layers import InMemoryChannelLayer
 from django.conf import settings
 
+from enterprise_ai.logging import Throttled
+
 logger = logging.getLogger(__name__)
+# A flood drops many messages the same way: one line every 10 s (the counter has them all).
+warn = Throttled(logger)
 
 
 class ThreadSafeInMemoryChannelLayer(InMemoryChannelLayer):
@@ -150,7 +154,7 @@ class RedisChannelLayer(channels_redis.core.RedisChannelLayer):
                 pending_set = None
             dropped += await self.connection(index).eval(_GROUP_SEND, len(keys), *keys, *args)
         if dropped:
-            logger.warning(
+            warn.warning(
                 "channel layer over capacity: %d of %d channels of a group dropped a message",
                 dropped,
                 len(channel_names),

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 
 class NoTracebackFormatter(logging.Formatter):
@@ -22,3 +24,31 @@ class NoTracebackFormatter(logging.Formatter):
         if exc_info and exc_info[0] is not None:
             message += f" [exception: {exc_info[0].__name__}]"
         return message
+
+
+class Throttled:
+    """Logs a repeated warning at most once per `seconds`, saying how many were held back.
+
+    An outage (Redis restarting, say) makes every reply's every batch fail the same way:
+    one line every few seconds tells the operator as much as thousands would.
+    """
+
+    def __init__(self, logger: logging.Logger, seconds: float = 10.0) -> None:
+        self.logger = logger
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, message: str, *args: object) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(message, -self.seconds) < self.seconds:
+                self._held[message] = self._held.get(message, 0) + 1
+                return
+            self._last[message] = now
+            held = self._held.pop(message, 0)
+        if held:
+            self.logger.warning(message + " (and %d more like it)", *args, held)
+        else:
+            self.logger.warning(message, *args)
