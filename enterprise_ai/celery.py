@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, worker_ready
+from celery.signals import beat_init, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "enterprise_ai.settings")
 
@@ -23,10 +23,25 @@ app.autodiscover_tasks()
 
 
 @worker_ready.connect
+def _sweep_from_the_worker(sender: Any = None, **_: Any) -> None:
+    """Workers sweep stuck replies in-process (as web processes and beat do): a reply whose
+    worker died is failed even when no other worker, or no beat, is left.
+
+    With the prefork pool the pool processes sweep instead: the parent must not open
+    database connections that the processes it forks later would inherit.
+    """
+    pool = getattr(sender, "pool", None)
+    if type(pool).__module__.endswith(".prefork"):
+        return
+    from conversations import inflight
+
+    inflight.start_sweeping()
+
+
+@worker_process_init.connect
 @beat_init.connect
-def _sweep_stuck_replies(**_: Any) -> None:
-    """Workers and beat sweep stuck replies in-process (as web processes do): a reply whose
-    worker died is failed even when no worker, or no beat, is left."""
+def _sweep_from_this_process(**_: Any) -> None:
+    """A prefork pool process, and beat, sweep stuck replies too."""
     from conversations import inflight
 
     inflight.start_sweeping()
