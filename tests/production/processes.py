@@ -400,19 +400,20 @@ class Stack:
         name: str = "worker",
         *,
         concurrency: int = 8,
+        pool: str = "threads",
         queues: str = "llm,default",
         extra_env: Mapping[str, str] | None = None,
         wait: bool = True,
         timeout: float = 60,
     ) -> Process:
-        """One Celery worker process on the thread pool (`--pool threads`), logging at INFO.
+        """One Celery worker on the thread pool (`--pool threads`, or `pool`), logging at INFO.
 
         Ready when Celery logs `<node> ready.` (it consumes from then on). Each worker gets
         its own node name, so several can run side by side.
         """
         argv = [
             str(BIN / "celery"), "-A", "enterprise_ai", "worker",
-            "-Q", queues, "--pool", "threads", "--concurrency", str(concurrency),
+            "-Q", queues, "--pool", pool, "--concurrency", str(concurrency),
             "--loglevel=INFO", "-n", f"{name}-{secrets.token_hex(3)}@%h",
             "--without-gossip", "--without-mingle",
         ]  # fmt: skip

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -455,6 +457,52 @@ async def test_worker_killed_mid_reply_is_swept_by_the_other_worker(
         accepted2, _ = await complete_turn(site, chat, follow_up, conversation)
         assert accepted2["conversation"] == conversation
         assert_books_balanced(site, person, {reply: 1, accepted2["message"]: 1})
+
+
+def pool_processes(worker: Process) -> list[int]:
+    """The pids of a prefork worker's pool processes (its children)."""
+    children = Path(f"/proc/{worker.pid}/task/{worker.pid}/children").read_text().split()
+    return [int(pid) for pid in children]
+
+
+async def test_prefork_pool_process_killed_mid_reply_is_swept_and_the_worker_carries_on(
+    site: Site, launch: Callable[..., Stack], person: str
+) -> None:
+    """Celery's prefork pool: its pool processes, the one writing the reply among them, are
+    SIGKILLed. The worker forks new ones and redelivers the task at once (acks late, reject
+    on worker lost), which finds the reply claimed by a process that may still be alive and
+    leaves it; the sweeper in the new pool processes fails it as interrupted once its
+    heartbeat is stale. The same worker then answers the next turn."""
+    stack = launch()
+    web = stack.start_web(wait=False)
+    worker = stack.start_worker("prefork", pool="prefork", concurrency=2, wait=False)
+    stack.wait_ready(web, worker)
+    pace(site.upstream, first_token=0.2, rate=8, words=60)
+
+    async with await ChatSocket.connect(
+        web.base_url, sign_in(web.base_url, person, PASSWORD)
+    ) as chat:
+        text = "Fault one, prefork: the pool process writing this reply is killed"
+        accepted = await send(chat, text)
+        reply = accepted["message"]
+        await chat.until(first_delta_of(reply), timeout=20)
+        children = pool_processes(worker)
+        assert len(children) == 2, children
+        for pid in children:  # the one writing the reply among them
+            os.kill(pid, signal.SIGKILL)
+        frames = await chat.until(final_for(reply), timeout=SWEPT_WITHIN + 10)
+        error = frames[-1]
+        assert error["type"] == "error" and error["code"] == "interrupted", error
+        row = stored(site, reply)
+        assert (row.status, row.error_code) == ("failed", "interrupted")
+        assert len(calls_for(site.upstream, text)) == 1
+        assert worker.alive
+
+        pace(site.upstream, first_token=0.1, rate=60, words=30)
+        accepted2, _ = await complete_turn(
+            site, chat, "Fault one, prefork: and the next turn?", accepted["conversation"]
+        )
+    assert_books_balanced(site, person, {reply: 1, accepted2["message"]: 1})
 
 
 async def test_whole_worker_killed_with_only_beat_left_is_swept_by_beat(
