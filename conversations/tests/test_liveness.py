@@ -167,3 +167,23 @@ def test_stop_requests_reach_only_the_reply_asked_to_stop(owner, colleague, dead
         time.sleep(0.5)  # a few more polls
         assert one.stopped()
         assert not other.stopped()
+
+
+def test_batches_stretch_when_a_process_streams_many_replies(settings) -> None:
+    """Every batch is a message a web process must read and relay: a process's replies
+    together send at most CHAT_DELTA_SENDS_PER_SECOND (at 200 replies a web process's
+    inbox overflowed at the 50 ms interval)."""
+    import uuid
+    from contextlib import ExitStack
+
+    from conversations.generation import flush_interval_ms
+
+    settings.CHAT_DELTA_FLUSH_MS = 50
+    settings.CHAT_DELTA_SENDS_PER_SECOND = 1000
+    assert flush_interval_ms() == 50
+    with ExitStack() as stack:
+        for pk in range(1, 201):
+            stack.enter_context(inflight.tracking(pk=-pk, public_id=uuid.uuid4()))
+        assert inflight.active() == 200
+        assert flush_interval_ms() == 200  # 200 replies x 5 batches/s = 1,000 sends/s
+    assert flush_interval_ms() == 50

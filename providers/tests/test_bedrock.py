@@ -671,3 +671,16 @@ def test_the_event_stream_encoder_is_read_by_botocores_decoder() -> None:
     broken.add_data(corrupt(messages[1]))
     with pytest.raises(ChecksumMismatch):
         next(broken)
+
+
+def test_calls_share_one_client_until_the_configuration_or_credentials_change(
+    bedrock: BedrockServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A boto3 client per call cost tens of milliseconds of CPU and a connection pool per
+    reply; one is shared per configuration, and rotated credentials get a new one."""
+    first = provider()._client()
+    assert provider()._client() is first
+    assert run(ask()) and run(ask())  # the shared client serves call after call
+    assert len(bedrock.requests) >= 2
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "rotated-secret")
+    assert provider()._client() is not first

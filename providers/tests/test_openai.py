@@ -743,3 +743,22 @@ def test_closing_the_stream_early_releases_the_connection(name: str, double: Ope
     assert all(isinstance(event, TextDelta) for event in received)
     record = double.model_requests()[0]
     assert double.wait_for_outcome(record) == "client_disconnected"
+
+
+# --- one client per configuration -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_calls_share_one_client_per_configuration(
+    name: str, double: OpenAIDouble, settings: SettingsWrapper
+) -> None:
+    """Every reply of a process uses the same client (its HTTP connection pool and TLS
+    context); a new client per call cost CPU and a new connection for every reply."""
+    first = provider(name)._client()  # type: ignore[attr-defined]
+    assert provider(name)._client() is first  # type: ignore[attr-defined]
+    for _ in range(2):  # the shared client stays usable call after call
+        assert text_of(list(provider(name).stream(chat(user("Hello"))))) == reply_for("Hello")
+    # A changed configuration (a rotated key) gets a client of its own.
+    settings.OPENAI_API_KEY = settings.AZURE_OPENAI_API_KEY = "sk-rotated"
+    settings.OPENAI_COMPATIBLE_API_KEY = "sk-rotated"
+    assert provider(name)._client() is not first  # type: ignore[attr-defined]
