@@ -521,6 +521,17 @@ def summarise_chats(
     }
 
 
+def side_by_side(level: int, direct: dict[str, Any], product: dict[str, Any]) -> dict[str, Any]:
+    """One round's row: the direct call, the product, and the product's overhead at p50."""
+    direct_p50, product_p50 = direct["ttft"]["p50_ms"], product["ttft"]["p50_ms"]
+    overhead = (
+        round(product_p50 - direct_p50, 1)
+        if product_p50 is not None and direct_p50 is not None
+        else None
+    )
+    return {"level": level, "direct": direct, "product": product, "overhead_p50_ms": overhead}
+
+
 def product_round(
     *,
     base: str,
@@ -1346,14 +1357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redis_client=redis_client,
             )
             offset += level
-            overhead = (
-                round(product["ttft"]["p50_ms"] - direct["ttft"]["p50_ms"], 1)
-                if product["ttft"]["p50_ms"] is not None and direct["ttft"]["p50_ms"] is not None
-                else None
-            )
-            results["production"].append(
-                {"level": level, "direct": direct, "product": product, "overhead_p50_ms": overhead}
-            )
+            results["production"].append(side_by_side(level, direct, product))
             log(
                 f"production {level}: direct {_pp(direct['ttft'])}, product "
                 f"{_pp(product['ttft'])} ms, complete {product['complete']}/{product['chats']}, "
@@ -1446,14 +1450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 redis_client=None,
             )
             offset += level
-            overhead = (
-                round(product["ttft"]["p50_ms"] - direct["ttft"]["p50_ms"], 1)
-                if product["ttft"]["p50_ms"] is not None and direct["ttft"]["p50_ms"] is not None
-                else None
-            )
-            results["embedded"].append(
-                {"level": level, "direct": direct, "product": product, "overhead_p50_ms": overhead}
-            )
+            results["embedded"].append(side_by_side(level, direct, product))
             log(
                 f"embedded {level}: direct {_pp(direct['ttft'])}, product {_pp(product['ttft'])}"
                 f" ms, complete {product['complete']}/{product['chats']}, errors "

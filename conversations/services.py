@@ -170,8 +170,9 @@ def _stuck(queryset: QuerySet[Message]) -> QuerySet[Message]:
 def replies_sweep(*, limit: int = 200) -> int:
     """Fail up to `limit` stuck replies (see `_stuck`) as interrupted; return how many.
 
-    Run by every worker, by beat and by the embedded scheduler every CHAT_SWEEP_SECONDS;
-    safe to run from several processes at once (each reply is failed once).
+    Run every CHAT_SWEEP_SECONDS by a thread of every web process, worker and beat
+    (conversations.inflight); safe from several processes at once (each reply is failed
+    once).
     """
     ids = list(_stuck(Message.objects.all()).order_by("id").values_list("pk", flat=True)[:limit])
     if not ids:

@@ -75,10 +75,6 @@ def stop_request(message_id: UUID) -> None:
     cache.set(_stop_key(message_id), True, settings.CHAT_REPLY_MAX_SECONDS)
 
 
-def stop_requested(message_id: UUID) -> bool:
-    return bool(cache.get(_stop_key(message_id)))
-
-
 def stops_requested(message_ids: Sequence[UUID]) -> set[UUID]:
     """Which of these replies have been asked to stop: one cache round trip for all."""
     keys = {_stop_key(message_id): message_id for message_id in message_ids}

@@ -220,20 +220,19 @@ REDIS_CONNECTION_OPTIONS: dict[str, Any] = {
     "health_check_interval": REDIS_HEALTH_CHECK_SECONDS,
     "retry_on_timeout": True,
 }
+# The connection pools of the channel layer and of the cache: bounded, and waited for.
+REDIS_POOL_OPTIONS: dict[str, Any] = {
+    "max_connections": REDIS_MAX_CONNECTIONS,
+    "timeout": REDIS_SOCKET_TIMEOUT,
+    **REDIS_CONNECTION_OPTIONS,
+}
 
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "enterprise_ai.channel_layers.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "max_connections": REDIS_MAX_CONNECTIONS,
-                        "timeout": REDIS_SOCKET_TIMEOUT,
-                        **REDIS_CONNECTION_OPTIONS,
-                    }
-                ],
+                "hosts": [{"address": REDIS_URL, **REDIS_POOL_OPTIONS}],
                 "prefix": f"{REDIS_KEY_PREFIX}:asgi",
                 "capacity": CHANNEL_LAYER_CAPACITY,
                 "expiry": CHANNEL_LAYER_EXPIRY,
@@ -245,12 +244,7 @@ if REDIS_URL:
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": REDIS_KEY_PREFIX,
-            "OPTIONS": {
-                "pool_class": "redis.BlockingConnectionPool",
-                "max_connections": REDIS_MAX_CONNECTIONS,
-                "timeout": REDIS_SOCKET_TIMEOUT,
-                **REDIS_CONNECTION_OPTIONS,
-            },
+            "OPTIONS": {"pool_class": "redis.BlockingConnectionPool", **REDIS_POOL_OPTIONS},
         }
     }
 else:

@@ -138,9 +138,9 @@ def test_stopping_a_pending_reply_cancels_it_at_once(
 def test_stopping_a_streaming_reply_signals_its_worker(owner) -> None:
     result = message_send(actor=owner, text="Hello", model_key="demo")
     reply_claim(reply_id=result.reply.pk)
-    assert not streams.stop_requested(result.reply.public_id)
+    assert streams.stops_requested([result.reply.public_id]) == set()
     reply_stop(actor=owner, message_id=result.reply.public_id)
-    assert streams.stop_requested(result.reply.public_id)
+    assert streams.stops_requested([result.reply.public_id]) == {result.reply.public_id}
 
 
 def test_colleague_cannot_stop_owners_reply(owner, colleague) -> None:
