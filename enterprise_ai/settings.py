@@ -97,9 +97,17 @@ INSTALLED_APPS = [
     "costs",
     "tools",
     "guardrails",
+    # Metrics, health and readiness, the usage dashboard (docs/operations.md).
+    "observability",
+    "django_prometheus",
 ]
 
 MIDDLEWARE = [
+    # Request counts and latency (django-prometheus): first and last, so they time it all.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # /healthz, /readyz and /metrics answer before host validation and HTTPS redirects:
+    # probes and scrapers address a pod by IP, over plain HTTP (observability/middleware.py).
+    "observability.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Content-Security-Policy (CONTENT_SECURITY_POLICY below) and Permissions-Policy.
     "enterprise_ai.security.ContentSecurityPolicyMiddleware",
@@ -118,8 +126,10 @@ MIDDLEWARE = [
     # context (the expiry is recorded) and messages (the sign-in page explains why).
     "accounts.middleware.SessionLifetimeMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Axes must come last: it turns a locked-out login attempt into the lockout page.
+    # Axes must come last among these: it turns a locked-out login attempt into the lockout
+    # page. django-prometheus's closing half only measures.
     "axes.middleware.AxesMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "enterprise_ai.urls"
@@ -168,10 +178,14 @@ if DATABASE_URL:
     # check_connection): one killed server-side (pg_terminate_backend, a failover) is replaced
     # then, not discovered by the request that uses it. Without one, before reuse.
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # Query counts, errors and latency by database (django-prometheus's wrapper of the backend).
+    DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
+        "django.db.backends.", "django_prometheus.db.backends.", 1
+    )
 else:
     DATABASES = {
         "default": {
-            "ENGINE": "django.db.backends.sqlite3",
+            "ENGINE": "django_prometheus.db.backends.sqlite3",
             "NAME": LOCAL_DIR / "db.sqlite3",
             # Replies are written from a background thread while the server reads: WAL lets
             # readers and one writer work at once, IMMEDIATE takes the write lock up front
@@ -241,7 +255,7 @@ if REDIS_URL:
     }
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "BACKEND": "observability.cache.RedisCache",
             "LOCATION": REDIS_URL,
             "KEY_PREFIX": REDIS_KEY_PREFIX,
             "OPTIONS": {"pool_class": "redis.BlockingConnectionPool", **REDIS_POOL_OPTIONS},
@@ -254,7 +268,7 @@ else:
             "CONFIG": {"capacity": CHANNEL_LAYER_CAPACITY, "expiry": CHANNEL_LAYER_EXPIRY},
         }
     }
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
 
 # "celery" enqueues to workers; "thread" runs the same task in this process.
 TASK_DISPATCH = "celery" if CELERY_BROKER_URL else "thread"
@@ -382,7 +396,8 @@ TRUSTED_PROXY_COUNT = env.int("TRUSTED_PROXY_COUNT", 0, min_value=0)
 if TRUSTED_PROXY_COUNT:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", not EMBEDDED)
-SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+# Probes and scrapers use plain HTTP (they are answered before the redirect anyway).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 0 if EMBEDDED else 31_536_000, min_value=0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
 # Preloading is a commitment for the whole domain that takes months to undo: opt in.
@@ -616,6 +631,27 @@ LANGUAGE_CODE = "en"
 TIME_ZONE = env.str("TIME_ZONE", "UTC")
 USE_I18N = True
 USE_TZ = True
+
+# --- Metrics (docs/operations.md) ------------------------------------------------------------
+
+# /metrics is not public: a scrape must present `Authorization: Bearer <METRICS_TOKEN>` or come
+# from an address in METRICS_ALLOWED_IPS (addresses or networks; the direct peer, never a
+# forwarded header). With neither set, only loopback may scrape.
+METRICS_TOKEN = env.str("METRICS_TOKEN")
+METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", ["127.0.0.1/32", "::1/128"])
+# Several processes on one host (daphne web processes, Celery workers with several pool
+# processes) share their metrics through files in this directory (prometheus_client's
+# multiprocess mode); one scrape of any web process then reports them all. It must be empty
+# when the first process starts and writable by all (docs/operations.md). Unset: each process
+# reports only its own metrics (right for the embedded default: one process).
+PROMETHEUS_MULTIPROC_DIR = env.str("PROMETHEUS_MULTIPROC_DIR")
+if PROMETHEUS_MULTIPROC_DIR:
+    # prometheus_client reads the variable when it is first imported, which is after this.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+    Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# django-prometheus: latency buckets (seconds) of HTTP requests.
+PROMETHEUS_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PROMETHEUS_METRIC_NAMESPACE = ""
 
 # --- Logging ------------------------------------------------------------------------------
 

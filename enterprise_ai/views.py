@@ -11,13 +11,6 @@ from django.views.decorators.http import require_GET
 
 @login_not_required
 @require_GET
-def healthz(request: HttpRequest) -> HttpResponse:
-    """Liveness probe: the process serves requests. Says nothing else about the system."""
-    return HttpResponse("ok", content_type="text/plain")
-
-
-@login_not_required
-@require_GET
 def security_txt(request: HttpRequest) -> HttpResponse:
     """/.well-known/security.txt (RFC 9116): where to report a vulnerability.
 
