@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,6 +30,7 @@ from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
 from enterprise_ai import ratelimit
+from observability import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -203,11 +205,13 @@ def audit_record(
         target_id=target_id,
         details={**extra, **(details or {})},
     )
+    started = time.perf_counter()
     with transaction.atomic():
         _lock_chain()
         sequence, prev_hash = _head()
         event = _build(spec, sequence=sequence + 1, prev_hash=prev_hash, now=timezone.now())
         event.save()
+    metrics.audit_written(action=str(action), seconds=time.perf_counter() - started)
     return event
 
 

@@ -47,6 +47,7 @@ from guardrails.services import (
     refusal_record,
     screening_record,
 )
+from observability import metrics
 from providers.base import ChatMessage
 from providers.registry import UnknownModel, get_model, model_for_user
 from providers.window import input_budget, message_tokens
@@ -129,6 +130,7 @@ def _fail_interrupted(replies: QuerySet[Message]) -> int:
     failed_count = 0
     for reply in replies.select_related("conversation__owner"):
         with transaction.atomic():
+            stuck_in = str(reply.status)
             calls = _interrupted_calls(reply)
             failed = Message.objects.filter(pk=reply.pk, status=reply.status).update(
                 status=Message.Status.FAILED,
@@ -147,6 +149,7 @@ def _fail_interrupted(replies: QuerySet[Message]) -> int:
                     cost=settlement.cost, cost_estimated=settlement.estimated
                 )
             _audit_reply_end(reply)
+            transaction.on_commit(partial(metrics.replies_swept, stuck_in))
             transaction.on_commit(partial(_broadcast_error, reply))
             transaction.on_commit(partial(streams.stream_forget, reply.public_id))
     return failed_count
@@ -220,8 +223,32 @@ def message_send(
     actor's conversation), busy (a reply is still being generated), guardrail_blocked (the
     guardrail policy refuses the text), rate_limited (too many messages this minute or
     replies in flight), budget_exceeded. Nothing is stored then, except the audit event of
-    a refused model, conversation, guardrail check or rate limit.
+    a refused model, conversation, guardrail check or rate limit. Governance refusals are
+    counted in eai_refusals_total.
     """
+    try:
+        return _message_send(
+            actor=actor,
+            text=text,
+            model_key=model_key,
+            conversation_id=conversation_id,
+            new_conversation_id=new_conversation_id,
+        )
+    except ChatError as exc:
+        reason = metrics.REFUSAL_REASONS.get(exc.code)
+        if reason is not None:  # guardrail refusals are counted where their kind is known
+            metrics.refusal(reason=reason)
+        raise
+
+
+def _message_send(
+    *,
+    actor: User,
+    text: object,
+    model_key: object,
+    conversation_id: UUID | None,
+    new_conversation_id: UUID | None,
+) -> SendResult:
     _check_message_rate(actor)
     text = _validate_text(text)
     if not isinstance(model_key, str):
@@ -256,6 +283,7 @@ def message_send(
         screening = message_screen(actor=actor, text=text)
     except GuardrailRefused as exc:
         refusal_record(actor=actor, refusal=exc, conversation_id=conversation_id)
+        metrics.refusal(reason="guardrail", kind=_GUARDRAIL_KINDS.get(str(exc.action), "other"))
         raise ChatError("guardrail_blocked", exc.message) from None
 
     try:
@@ -283,6 +311,13 @@ def message_send(
             details={**exc.details, "model": model.key},
         )
         raise ChatError("budget_exceeded", exc.reason) from None
+
+
+# The guardrail behind a refusal, as counted in eai_refusals_total{kind}.
+_GUARDRAIL_KINDS = {
+    AuditAction.PII_BLOCKED.value: "pii",
+    AuditAction.INJECTION_BLOCKED.value: "injection",
+}
 
 
 def _check_message_rate(actor: User) -> None:
@@ -610,8 +645,10 @@ _REPLY_ACTIONS = {
 
 
 def _audit_reply_end(reply: Message) -> None:
-    """Record how a reply ended: model, tokens and timings, never its text."""
+    """Record how a reply ended: model, tokens and timings, never its text; count it in the
+    chat metrics once the transaction commits."""
     action, outcome = _REPLY_ACTIONS[Message.Status(reply.status)]
+    transaction.on_commit(partial(metrics.reply_ended, reply))
     conversation = reply.conversation
     ctx = audit_context.current()
     if not ctx.request_id:  # a worker: the request that asked for the reply

@@ -31,6 +31,7 @@ from django.core.cache import cache
 
 from enterprise_ai.channel_layers import RedisChannelLayer
 from enterprise_ai.logging import Throttled
+from observability import metrics
 
 logger = logging.getLogger(__name__)
 # Outages repeat the same failure for every batch of every reply: one line every 10 s.
@@ -166,6 +167,7 @@ def _send(coroutine: Coroutine[Any, Any, Any], event: dict[str, Any]) -> bool:
     try:
         _send_loop.run(coroutine)
     except Exception as exc:
+        metrics.channel_send_failed()
         warn.warning("channel layer send failed (%s): %s", event.get("type"), type(exc).__name__)
         return False
     return True

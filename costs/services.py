@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -33,6 +34,7 @@ from accounts.roles import ROLES
 from audit.catalogue import AuditAction, AuditOutcome
 from audit.services import audit_record
 from costs.models import MICRO, Budget, BudgetWindow, CostEntry, ModelPrice, Reservation
+from observability import metrics
 
 MILLION = Decimal(1_000_000)
 
@@ -325,6 +327,12 @@ def ledger_settle(*, reply: Any, calls: Sequence[CallUsage], outcome: str) -> Se
         result.cost += cost
         result.estimated = result.estimated or call.estimated
     CostEntry.objects.bulk_create(entries)
+    if entries:
+        transaction.on_commit(
+            partial(
+                metrics.ledger_charged, entries, department=department.name if department else ""
+            )
+        )
     tokens = sum(e.input_tokens + e.output_tokens for e in entries)
 
     # Lock the reply's holds before any window, the order the expiry job uses too: a hold

@@ -41,6 +41,13 @@ def _thread_executor() -> ThreadPoolExecutor:
         return _executor
 
 
+def backlog() -> int:
+    """Tasks submitted to this process's dispatcher and not yet started (embedded default)."""
+    with _executor_lock:
+        executor = _executor
+    return executor._work_queue.qsize() if executor is not None else 0
+
+
 def _run_in_thread(task: Task, args: tuple[Any, ...]) -> None:
     try:
         task(*args)

@@ -12,6 +12,7 @@ Two shapes, chosen by what is configured (see `.env.example` and docs/configurat
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from decimal import Decimal, InvalidOperation
@@ -268,7 +269,7 @@ else:
             "CONFIG": {"capacity": CHANNEL_LAYER_CAPACITY, "expiry": CHANNEL_LAYER_EXPIRY},
         }
     }
-    CACHES = {"default": {"BACKEND": "django_prometheus.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "observability.cache.LocMemCache"}}
 
 # "celery" enqueues to workers; "thread" runs the same task in this process.
 TASK_DISPATCH = "celery" if CELERY_BROKER_URL else "thread"
@@ -290,6 +291,23 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"conversations.tasks.generate_reply": {"queue": "llm"}}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+# --- Health and readiness (docs/operations.md) ---------------------------------------------
+
+# Seconds each /readyz check (database, Redis, broker, workers) may take before it is failed.
+READINESS_CHECK_TIMEOUT_SECONDS = env.float("READINESS_CHECK_TIMEOUT_SECONDS", 2, min_value=0.1)
+# /readyz needs a live Celery worker on the production path; false for web processes that
+# should take traffic even with every worker gone.
+READINESS_REQUIRE_WORKERS = env.bool("READINESS_REQUIRE_WORKERS", True)
+# Each Celery worker refreshes a Redis key this often; a worker whose key is older than the
+# TTL (SIGKILL, OOM, a lost machine) no longer counts as alive.
+WORKER_HEARTBEAT_SECONDS = env.float("WORKER_HEARTBEAT_SECONDS", 10, min_value=0.1)
+WORKER_HEARTBEAT_TTL_SECONDS = env.float("WORKER_HEARTBEAT_TTL_SECONDS", 30, min_value=1)
+if WORKER_HEARTBEAT_TTL_SECONDS <= WORKER_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "WORKER_HEARTBEAT_TTL_SECONDS must be longer than WORKER_HEARTBEAT_SECONDS (three "
+        "times as long lets a worker miss two beats)."
+    )
 
 # --- Users and login ----------------------------------------------------------------------
 
@@ -639,6 +657,18 @@ USE_TZ = True
 # forwarded header). With neither set, only loopback may scrape.
 METRICS_TOKEN = env.str("METRICS_TOKEN")
 METRICS_ALLOWED_IPS = env.list("METRICS_ALLOWED_IPS", ["127.0.0.1/32", "::1/128"])
+for _network in METRICS_ALLOWED_IPS:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"METRICS_ALLOWED_IPS: {_network!r} is not an address or network (e.g. 10.0.0.0/8)."
+        ) from None
+# A Celery worker on a host without a web process serves its own metrics on this port
+# (same access rules); 0: off. See docs/operations.md.
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", 0, min_value=0)
+if WORKER_METRICS_PORT > 65535:
+    raise ImproperlyConfigured("WORKER_METRICS_PORT must be a TCP port (1-65535), or 0.")
 # Several processes on one host (daphne web processes, Celery workers with several pool
 # processes) share their metrics through files in this directory (prometheus_client's
 # multiprocess mode); one scrape of any web process then reports them all. It must be empty
@@ -653,22 +683,58 @@ if PROMETHEUS_MULTIPROC_DIR:
 PROMETHEUS_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PROMETHEUS_METRIC_NAMESPACE = ""
 
-# --- Logging ------------------------------------------------------------------------------
+# --- Logging (docs/operations.md, "Logs") ------------------------------------------------------
 
 LOG_LEVEL = env.str("LOG_LEVEL", "INFO").upper()
-LOGGING = {
+# JSON lines for a log pipeline on the production path; plain text in the embedded default.
+LOG_FORMAT = env.str("LOG_FORMAT", "plain" if EMBEDDED else "json").lower()
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}.")
+# A rotating log file besides stderr: on by default in the embedded default only (on the
+# production path the process manager or the container runtime keeps stderr).
+LOG_FILE = env.str("LOG_FILE", str(LOCAL_DIR / "logs" / "enterprise-ai.log") if EMBEDDED else "")
+LOG_FILE_MAX_BYTES = env.int("LOG_FILE_MAX_BYTES", 10 * 1024 * 1024, min_value=1024)
+LOG_FILE_BACKUP_COUNT = env.int("LOG_FILE_BACKUP_COUNT", 5, min_value=0)
+_log_handlers = ["console"]
+_log_filters = ["context", "secrets"]  # every handler: ids on each line, credentials masked
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
+    "filters": {
+        "context": {"()": "enterprise_ai.logging.LogContextFilter"},
+        "secrets": {"()": "enterprise_ai.logging.SecretsFilter"},
+    },
     "formatters": {
-        # Tracebacks can carry request data and secrets: the formatter leaves them out.
+        # Tracebacks can carry request data and secrets: both formatters leave them out.
         "plain": {
             "()": "enterprise_ai.logging.NoTracebackFormatter",
-            "format": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "format": "%(asctime)s %(levelname)s %(name)s %(log_context)s%(message)s",
+        },
+        "json": {"()": "enterprise_ai.logging.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": _log_filters,
         },
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "root": {"handlers": _log_handlers, "level": LOG_LEVEL},
     "loggers": {
-        "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "django": {"handlers": _log_handlers, "level": LOG_LEVEL, "propagate": False},
     },
 }
+if LOG_FILE:
+    Path(LOG_FILE).parent.mkdir(parents=True, exist_ok=True)
+    LOGGING["handlers"]["file"] = {
+        "class": "logging.handlers.RotatingFileHandler",
+        "filename": LOG_FILE,
+        "maxBytes": LOG_FILE_MAX_BYTES,
+        "backupCount": LOG_FILE_BACKUP_COUNT,
+        "encoding": "utf-8",
+        "delay": True,
+        "formatter": LOG_FORMAT,
+        "filters": _log_filters,
+    }
+    _log_handlers.append("file")
+# Celery workers log through these handlers too: CELERY_WORKER_HIJACK_ROOT_LOGGER (above).

@@ -31,6 +31,7 @@ from typing import cast
 from django.conf import settings
 from django.core.cache import cache
 
+from observability import metrics
 from providers.base import (
     ChatRequest,
     ModelSpec,
@@ -86,6 +87,7 @@ class CircuitBreaker:
     def __init__(self, model_key: str) -> None:
         self.threshold = settings.CIRCUIT_FAILURE_THRESHOLD
         self.reset_seconds = settings.CIRCUIT_RESET_SECONDS
+        self.model_key = model_key
         prefix = f"circuit:{model_key}"
         self._failures = f"{prefix}:failures"
         self._open_until = f"{prefix}:open_until"
@@ -124,6 +126,7 @@ class CircuitBreaker:
             self._open()
 
     def _open(self) -> None:
+        metrics.circuit_opened(model=self.model_key)
         keep = round(self.reset_seconds) + 3600
         cache.set(self._open_until, time.time() + self.reset_seconds, timeout=keep)
         cache.delete_many([self._failures, self._trial])
@@ -263,13 +266,22 @@ def resilient_stream(
     last_error: ProviderError | None = None
     for index, spec in enumerate(chain):
         if index > 0:
+            metrics.provider_failover(from_model=chain[index - 1].key, to_model=spec.key)
             yield Failover(chain[index - 1], spec, last_error.code if last_error else "unavailable")
         breaker = CircuitBreaker(spec.key)
         for attempt in range(1, settings.PROVIDER_MAX_ATTEMPTS + 1):
             if not breaker.allow():
                 last_error = CircuitOpen(spec)
+                metrics.provider_not_called(
+                    provider=spec.provider, model=spec.key, kind=last_error.code
+                )
                 break
+            if attempt > 1:
+                metrics.provider_retry(provider=spec.provider, model=spec.key)
             started = False
+            # How the call ended, for eai_provider_calls_total; "abandoned" when the caller
+            # stops reading (a stop, or an error of its own) before the stream ends.
+            call_outcome, call_error = "abandoned", ""
             try:
                 events = provider_for(spec, timeouts=provider_timeouts()).stream(
                     build_request(spec)
@@ -283,9 +295,11 @@ def resilient_stream(
                     if isinstance(event, (TextDelta, ToolCall)):
                         started = True
                     yield event
-            except ProviderRejected:
+            except ProviderRejected as exc:
+                call_outcome, call_error = "error", exc.code
                 raise  # the request itself is refused: another attempt or model won't help
             except ProviderError as exc:
+                call_outcome, call_error = "error", exc.code
                 breaker.record_failure()
                 logger.warning("model %s attempt %d failed: %s", spec.key, attempt, exc.code)
                 if started:
@@ -301,6 +315,12 @@ def resilient_stream(
                 if not _sleep(delay, should_stop):
                     return
                 continue
+            else:
+                call_outcome = "ok"
+            finally:
+                metrics.provider_call(
+                    provider=spec.provider, model=spec.key, outcome=call_outcome, error=call_error
+                )
             breaker.record_success()
             return
     raise last_error or ProviderError("No model could answer.", retryable=False)
