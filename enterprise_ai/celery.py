@@ -13,7 +13,13 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, worker_process_init, worker_ready
+from celery.signals import (
+    beat_init,
+    worker_process_init,
+    worker_ready,
+    worker_shutdown,
+    worker_shutting_down,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "enterprise_ai.settings")
 
@@ -45,3 +51,22 @@ def _sweep_from_this_process(**_: Any) -> None:
     from conversations import inflight
 
     inflight.start_sweeping()
+
+
+@worker_ready.connect
+def _announce_the_worker(sender: Any = None, **_: Any) -> None:
+    """The worker's heartbeat in Redis, which /readyz and `eai_workers_alive` count
+    (observability/heartbeat.py). Runs in the main process with every pool: with prefork
+    the parent, which outlives its pool processes and runs no task."""
+    from observability import heartbeat
+
+    heartbeat.start(hostname=sender.hostname)
+
+
+@worker_shutting_down.connect
+@worker_shutdown.connect
+def _withdraw_the_worker(**_: Any) -> None:
+    """A worker taking no more tasks stops counting as alive at once, not after the TTL."""
+    from observability import heartbeat
+
+    heartbeat.stop()

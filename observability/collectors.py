@@ -15,7 +15,6 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import close_old_connections
 from django.db.models import Count, DecimalField, ExpressionWrapper, F, Max, Sum
 from django.utils import timezone
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -246,18 +245,15 @@ class ProductStateCollector(Collector):
             "1 when the source could be read for this scrape, 0 when it could not.",
             ["source"],
         )
-        try:
-            for name, source in SOURCES.items():
-                try:
-                    metrics: list[Metric] = list(source())
-                except Exception as exc:
-                    logger.warning("metrics source %s unreadable: %s", name, type(exc).__name__)
-                    up.add_metric([name], 0)
-                    continue
-                up.add_metric([name], 1)
-                yield from metrics
-        finally:
-            close_old_connections()
+        for name, source in SOURCES.items():
+            try:
+                metrics: list[Metric] = list(source())
+            except Exception as exc:
+                logger.warning("metrics source %s unreadable: %s", name, type(exc).__name__)
+                up.add_metric([name], 0)
+                continue
+            up.add_metric([name], 1)
+            yield from metrics
         yield up
 
     def describe(self) -> Iterable[Any]:
