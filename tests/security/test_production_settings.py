@@ -64,7 +64,7 @@ def test_production_defaults_are_strict(tmp_path: Path) -> None:
     assert s["SECURE_HSTS_INCLUDE_SUBDOMAINS"] is True
     assert s["SECURE_HSTS_PRELOAD"] is False
     assert s["SECURE_PROXY_SSL_HEADER"] is None  # X-Forwarded-Proto is not trusted by default
-    assert s["SECURE_REDIRECT_EXEMPT"] == [r"^healthz$"]
+    assert s["SECURE_REDIRECT_EXEMPT"] == [r"^healthz$", r"^readyz$", r"^metrics$"]
     assert s["SESSION_COOKIE_SECURE"] is True and s["CSRF_COOKIE_SECURE"] is True
     assert s["SESSION_COOKIE_HTTPONLY"] is True and s["SESSION_COOKIE_SAMESITE"] == "Lax"
     assert s["TRUSTED_PROXY_COUNT"] == 0
