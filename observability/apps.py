@@ -14,9 +14,21 @@ class ObservabilityConfig(AppConfig):
         worker_process_shutdown.connect(_forget_this_process, weak=False)
 
 
-def _serve_worker_metrics(**_: Any) -> None:
+def _serve_worker_metrics(sender: Any = None, **_: Any) -> None:
+    import logging
+    import os
+
     from observability import exporter
 
+    pool = getattr(sender, "pool", None)
+    if type(pool).__module__.endswith(".prefork") and not os.environ.get(
+        "PROMETHEUS_MULTIPROC_DIR"
+    ):
+        # The pool processes count the replies; without the shared directory the parent,
+        # which serves the exporter, would report none of it.
+        logging.getLogger(__name__).warning(
+            "the prefork pool needs PROMETHEUS_MULTIPROC_DIR for its metrics to be reported"
+        )
     exporter.start_from_settings()
 
 
