@@ -64,7 +64,8 @@ def failure_of(tmp_path: Path, **variables: str) -> str:
 def test_embedded_default_with_nothing_configured(tmp_path: Path) -> None:
     s = settings_of(tmp_path)
     assert s["embedded"] is True
-    assert s["engine"] == "django.db.backends.sqlite3"
+    # Django's SQLite backend, wrapped by django-prometheus to count queries.
+    assert s["engine"] == "django_prometheus.db.backends.sqlite3"
     assert s["db_name"] == str(tmp_path / "local" / "db.sqlite3")
     assert s["layer"] == "enterprise_ai.channel_layers.ThreadSafeInMemoryChannelLayer"
     assert s["dispatch"] == "thread"
@@ -95,9 +96,10 @@ def test_production_path_with_postgres_and_redis(tmp_path: Path) -> None:
         ALLOWED_HOSTS="ai.example.com",
     )
     assert s["embedded"] is False
-    assert s["engine"] == "django.db.backends.postgresql"
+    assert s["engine"] == "django_prometheus.db.backends.postgresql"
     assert s["layer"] == "enterprise_ai.channel_layers.RedisChannelLayer"
-    assert s["cache"] == "django.core.cache.backends.redis.RedisCache"
+    # Django's Redis cache, its gets counted (observability/cache.py).
+    assert s["cache"] == "observability.cache.RedisCache"
     assert s["dispatch"] == "celery"
     assert s["broker"] == "redis://cache.internal:6379/0"
     # Connections are explicit. Idle sockets died after 5 s when redis-py's socket timeout
