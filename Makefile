@@ -70,6 +70,13 @@ lint: venv
 	$(BIN)/mypy .
 	$(UNSET_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
+	@if command -v promtool >/dev/null; then \
+		promtool check rules deploy/observability/prometheus-alerts.yaml && \
+		promtool check config --syntax-only deploy/observability/prometheus.yml && \
+		promtool test rules deploy/observability/prometheus-alerts.test.yaml; \
+	else \
+		echo "promtool not installed: alert rules checked by observability/tests/test_ops_files.py only"; \
+	fi
 
 format: venv
 	$(BIN)/ruff format .
