@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start the local services the tests use, if they are installed but not running, and
-# install Debian's chromium for the browser test when it is missing. Used by .ci/run;
+# install Debian's chromium (browser tests) and promtool (the alert rules' unit tests, from
+# Debian's prometheus package) when they are missing. Used by .ci/run;
 # safe to run by hand. Starts nothing that is already listening.
 set -uo pipefail
 
@@ -36,5 +37,10 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
   echo "ensure-services: installing chromium for the browser test"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
     || echo "ensure-services: could not install chromium" >&2
+fi
+if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "ensure-services: installing promtool for the alert rules' tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    prometheus >/dev/null || echo "ensure-services: could not install promtool" >&2
 fi
 exit 0
