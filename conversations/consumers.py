@@ -24,9 +24,10 @@ from accounts import sessions
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.services import audit_record
-from conversations import selectors, services, streams
+from conversations import errors, selectors, services, streams
 from conversations.errors import ChatError
 from enterprise_ai import ratelimit
+from observability import logcontext
 from providers.registry import default_model_for
 
 logger = logging.getLogger(__name__)
@@ -244,14 +245,21 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             await self.send_error("unknown_type", "Unknown frame type; see the protocol.")
             return
+        context = self.frame_context()
         try:
-            with audit_context.bind(self.frame_context()):
+            with audit_context.bind(context):
                 await handler(content)
         except ChatError as exc:
             await self.send_error(exc.code, exc.reason, retry_after=exc.retry_after)
         except Exception as exc:
-            logger.error("chat frame %r failed: %s", content.get("type"), type(exc).__name__)
-            await self.send_error("internal", "Something went wrong. Please try again.")
+            error = errors.internal(logcontext.new_error_id())
+            logger.error(
+                "chat frame %r failed: %s",
+                content.get("type"),
+                type(exc).__name__,
+                extra={"error_id": error.error_id, "request_id": context.request_id},
+            )
+            await self.send_error(error.code, error.reason, error_id=error.error_id)
 
     async def handle_send(self, content: dict[str, Any]) -> None:
         raw_conversation = content.get("conversation")
@@ -281,6 +289,13 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 model_key=model_key,
                 conversation_id=conversation_id,
             )
+        logger.info(
+            "chat send accepted",
+            extra={
+                "conversation_id": str(result.conversation.public_id),
+                "message_id": str(result.reply.public_id),
+            },
+        )
         await self.send_json(
             {
                 "type": "accepted",
@@ -358,8 +373,12 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def chat_error(self, event: dict[str, Any]) -> None:
         await self.send_json({**event, "type": "error"})
 
-    async def send_error(self, code: str, reason: str, *, retry_after: int | None = None) -> None:
+    async def send_error(
+        self, code: str, reason: str, *, retry_after: int | None = None, error_id: str = ""
+    ) -> None:
         frame: dict[str, Any] = {"type": "error", "code": code, "reason": reason}
         if retry_after is not None:
             frame["retry_after"] = retry_after
+        if error_id:
+            frame["error_id"] = error_id
         await self.send_json(frame)

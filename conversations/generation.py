@@ -18,9 +18,11 @@ from django.db import connections
 from accounts.models import User
 from audit import context as audit_context
 from conversations import inflight, selectors, services, streams
+from conversations.errors import with_error_id
 from conversations.models import Conversation, Message
 from costs.services import CallUsage
 from guardrails.services import reply_guard, system_prompt
+from observability import logcontext
 from providers.base import (
     ChatMessage,
     ChatRequest,
@@ -259,6 +261,12 @@ def reply_generate(*, reply_id: int) -> None:
     )
     with (
         audit_context.bind(context),
+        # Log lines say which turn they belong to: the same request id as the web process's.
+        logcontext.bind(
+            request_id=reply.request_id,
+            conversation_id=reply.conversation.public_id,
+            message_id=reply.public_id,
+        ),
         inflight.tracking(pk=reply.pk, public_id=reply.public_id) as tracked,
     ):
         _reply_generate(reply, tracked)
@@ -371,8 +379,15 @@ def _reply_generate(reply: Message, tracked: inflight.Tracked) -> None:
         status, error_code, error = Message.Status.FAILED, exc.code, str(exc)
     except Exception as exc:
         # Unexpected: keep the user's view tidy and the log free of payloads.
-        logger.error("reply %s failed unexpectedly: %s", reply.public_id, type(exc).__name__)
-        status, error_code, error = Message.Status.FAILED, "internal", services.GENERIC_FAILURE
+        error_id = logcontext.new_error_id()
+        logger.error(
+            "reply %s failed unexpectedly: %s",
+            reply.public_id,
+            type(exc).__name__,
+            extra={"error_id": error_id},
+        )
+        error = with_error_id(services.GENERIC_FAILURE, error_id)
+        status, error_code = Message.Status.FAILED, "internal"
 
     batcher.flush()
     finished = services.reply_finish(
@@ -392,6 +407,7 @@ def _reply_generate(reply: Message, tracked: inflight.Tracked) -> None:
             calls=turn.calls,
         ),
     )
+    logger.info("reply %s: %s", status, turn.stop_reason or error_code or "-")
     if finished and status != Message.Status.FAILED and turn.state and spec is not None:
         services.conversation_state_save(
             conversation=conversation,

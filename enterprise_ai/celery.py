@@ -21,6 +21,8 @@ from celery.signals import (
     worker_shutting_down,
 )
 
+from observability import logcontext  # noqa: F401 - tasks carry and log the request id
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "enterprise_ai.settings")
 
 app = Celery("enterprise_ai")

@@ -23,16 +23,22 @@ with the compression context kept between messages those repeats cost a few byte
 and the rendered HTML in `done` mostly repeats text the client has just received. The
 window is kept small (8 KiB, memLevel 5: about 50 KiB per socket that has received
 anything; nothing for an idle one, since zlib state is created on first use).
+
+Its access log goes through logging (the `daphne.access` logger) instead of straight to
+stdout, so that the same filters (credentials masked) and formatter (JSON lines, newlines
+escaped) apply to it as to every other line (enterprise_ai/logging.py).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from autobahn.websocket.compress import (
     PerMessageDeflateOffer,
     PerMessageDeflateOfferAccept,
 )
+from daphne.access import AccessLogGenerator
 from daphne.cli import CommandLineInterface
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
@@ -96,6 +102,35 @@ class BoundedWebSocketProtocol(WebSocketProtocol):
             )
 
 
+class LoggedAccessLog(AccessLogGenerator):
+    """daphne's access log entries (requests, WebSocket connections) as log records of
+    `daphne.access` at INFO: `client "METHOD path" status size`, with those as fields too."""
+
+    logger = logging.getLogger("daphne.access")
+
+    def __init__(self) -> None:
+        super().__init__(stream=None)
+
+    def write_entry(
+        self,
+        host: str | None,
+        date: Any,
+        request: str,
+        status: int | None = None,
+        length: int | None = None,
+        ident: str | None = None,
+        user: str | None = None,
+    ) -> None:
+        self.logger.info(
+            '%s "%s" %s %s',
+            host or "-",
+            request,
+            status or "-",
+            length if length is not None else "-",
+            extra={"client": host or "", "status": status, "size": length},
+        )
+
+
 class BoundedServer(Server):
     """daphne's Server whose WebSocket factory builds `BoundedWebSocketProtocol`s.
 
@@ -104,6 +139,11 @@ class BoundedServer(Server):
     """
 
     max_incoming_message_bytes = 0  # set by `command_line_interface`
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The access log is written through logging, whatever daphne's CLI chose (stdout).
+        kwargs["action_logger"] = LoggedAccessLog()
+        super().__init__(*args, **kwargs)
 
     @property
     def ws_factory(self) -> WebSocketFactory:

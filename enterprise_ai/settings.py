@@ -694,9 +694,11 @@ if LOG_FORMAT not in {"json", "plain"}:
 # production path the process manager or the container runtime keeps stderr).
 LOG_FILE = env.str("LOG_FILE", str(LOCAL_DIR / "logs" / "enterprise-ai.log") if EMBEDDED else "")
 LOG_FILE_MAX_BYTES = env.int("LOG_FILE_MAX_BYTES", 10 * 1024 * 1024, min_value=1024)
-LOG_FILE_BACKUP_COUNT = env.int("LOG_FILE_BACKUP_COUNT", 5, min_value=0)
+LOG_FILE_BACKUP_COUNT = env.int("LOG_FILE_BACKUP_COUNT", 5, min_value=1)
 _log_handlers = ["console"]
 _log_filters = ["context", "secrets"]  # every handler: ids on each line, credentials masked
+# Configures LOGGING and routes Python's warnings through it (enterprise_ai/logging.py).
+LOGGING_CONFIG = "enterprise_ai.logging.configure"
 LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -7,6 +7,8 @@ from django.urls import include, path, reverse_lazy
 from accounts.login_limit import login_rate_limited
 from enterprise_ai import views
 
+handler500 = "enterprise_ai.views.server_error"
+
 urlpatterns = [
     path(
         "accounts/login/",

@@ -34,9 +34,9 @@ DETECTORS: dict[str, str] = {
     PAYMENT_CARD: "Payment card numbers (Luhn-checked)",
     IBAN: "IBANs (mod-97-checked)",
     NATIONAL_ID: "National identity numbers (the set chosen below)",
-    AWS_ACCESS_KEY: "AWS access key ids",
+    AWS_ACCESS_KEY: "AWS access key ids and secret access keys",
     PRIVATE_KEY: "Private-key blocks (PEM)",
-    BEARER_TOKEN: "Bearer tokens and API keys",
+    BEARER_TOKEN: "Bearer tokens, API keys and passwords (in URLs and settings)",
 }
 
 US_SSN = "us_ssn"
@@ -64,7 +64,11 @@ TYPES: dict[str, tuple[str, str]] = {
     "AWS_KEY": ("AWS_KEY", "an AWS access key"),
     "PRIVATE_KEY": ("PRIVATE_KEY", "a private key"),
     "TOKEN": ("TOKEN", "an access token or API key"),
+    "PASSWORD": ("PASSWORD", "a password"),
 }
+
+# The detectors that find credentials (rather than personal data): what logs mask.
+SECRET_DETECTORS = (PRIVATE_KEY, AWS_ACCESS_KEY, BEARER_TOKEN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,13 +184,18 @@ _NINO = re.compile(r"(?<!\w)[A-Za-z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-Da-d](?!\w)")
 _SIN = re.compile(r"(?<![\w-])\d{3}([- ])\d{3}\1\d{3}(?![\w-])")
 _DNI = re.compile(r"(?<!\w)[XYZxyz0-9]\d{7}-?[A-Za-z](?!\w)")
 _AWS_KEY = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+# A secret access key (40 characters of base64) is random text: only where it is named.
+_AWS_SECRET = re.compile(
+    r"(?i:(?:aws_?)?secret_?access_?key|aws_?secret_?key)[\"']?\s*[:=]\s*[\"']?"
+    r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])"
+)
 # A whole PEM private-key block; a block cut off before its END line runs to the end.
 _PRIVATE_KEY = re.compile(
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----.*?(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----|\Z)",
     re.S,
 )
-# The token after "Bearer" (the word itself is kept), then well-known API key shapes.
-_BEARER = re.compile(r"(?i:\bbearer)\s+([A-Za-z0-9._~+/-]{16,}=*)")
+# The token after "Bearer" or "Basic" (the word itself is kept), then well-known API key shapes.
+_BEARER = re.compile(r"(?i:\b(?:bearer|basic))\s+([A-Za-z0-9._~+/-]{16,}=*)")
 _API_KEYS = re.compile(
     r"(?<![\w-])(?:"
     r"sk-(?:proj-|ant-|live-|test-)?[A-Za-z0-9_-]{20,}"  # OpenAI, Anthropic
@@ -199,6 +208,29 @@ _API_KEYS = re.compile(
     r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # a JWT
     r")"
 )
+# A value given to a setting, header, query parameter or JSON field named like a credential:
+# `api_key=…`, `X-Api-Key: …`, `"client_secret": "…"`, `?access_token=…`. The name's last
+# part is enough (`OPENAI_API_KEY` ends in `API_KEY`); matching the whole name would
+# backtrack on long runs of `a.a.a.`.
+_KEY_NAMES = r"(?<![A-Za-z0-9])(?i:api[_-]?key|apikey|access[_-]?key|secret[_-]?key|token|secret)"
+_LOGIN_NAMES = r"(?<![A-Za-z0-9])(?i:password|passwd|passphrase|pwd)"
+_ASSIGNED = r"[\"']?\s*[:=]\s*[\"']?"
+_ASSIGNED_TOKEN = re.compile(_KEY_NAMES + _ASSIGNED + r"([A-Za-z0-9._~+/-]{8,}=*)")
+# A quoted password runs to its closing quote (a passphrase has spaces).
+_ASSIGNED_PASSWORD = re.compile(
+    _LOGIN_NAMES + r"[\"']?\s*[:=]\s*"
+    r"(?:\"([^\"\r\n]{3,200})\"|'([^'\r\n]{3,200})'|([^\s\"'&,;]{3,}))"
+)
+# The password of `scheme://user:password@host` (the user name is kept).
+_URL_PASSWORD = re.compile(r"(?i:\b[a-z][a-z0-9+.-]{0,30})://[^\s:/?#@]*:([^\s/?#@]+)@")
+
+# Every credential pattern above needs one of these (lower case) in the text: a log line
+# without any is passed over without running a regular expression.
+SECRET_HINTS = (
+    "private key", "akia", "asia", "secret", "bearer", "basic", "key", "token", "passw",
+    "pwd", "passphrase", "://", "sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghu_", "ghs_",
+    "ghr_", "github_pat_", "glpat-", "xox", "aiza", "eyj",
+)  # fmt: skip
 
 Matcher = Callable[[str], Iterable[Finding]]
 
@@ -213,6 +245,12 @@ def _matches(
                 yield Finding(kind, match.start(group), match.end(group))
 
     return find
+
+
+def _assigned_passwords(text: str) -> Iterable[Finding]:
+    for match in _ASSIGNED_PASSWORD.finditer(text):
+        group = match.lastindex or 1
+        yield Finding("PASSWORD", match.start(group), match.end(group))
 
 
 def _iban(text: str) -> Iterable[Finding]:
@@ -243,10 +281,16 @@ def _secret_like(value: str) -> bool:
 
 _DETECTORS: dict[str, Matcher] = {
     PRIVATE_KEY: _matches(_PRIVATE_KEY, "PRIVATE_KEY"),
-    AWS_ACCESS_KEY: _matches(_AWS_KEY, "AWS_KEY"),
+    AWS_ACCESS_KEY: lambda text: [
+        *_matches(_AWS_KEY, "AWS_KEY")(text),
+        *_matches(_AWS_SECRET, "AWS_KEY", group=1)(text),
+    ],
     BEARER_TOKEN: lambda text: [
         *_matches(_BEARER, "TOKEN", _secret_like, group=1)(text),
         *_matches(_API_KEYS, "TOKEN", _secret_like)(text),
+        *_matches(_ASSIGNED_TOKEN, "TOKEN", _secret_like, group=1)(text),
+        *_matches(_URL_PASSWORD, "PASSWORD", group=1)(text),
+        *_assigned_passwords(text),
     ],
     EMAIL: _matches(_EMAIL, "EMAIL"),
     PAYMENT_CARD: _matches(_CARD, "CARD", _card_valid),
@@ -261,7 +305,7 @@ _NATIONAL: dict[str, Matcher] = {
 }
 # When two findings overlap, the one found by the earlier detector here wins (a PEM block
 # over the tokens inside it; a card or national id over a phone number of the same digits).
-_PRIORITY = ["PRIVATE_KEY", "AWS_KEY", "TOKEN", "EMAIL", "CARD", "IBAN"]
+_PRIORITY = ["PRIVATE_KEY", "AWS_KEY", "TOKEN", "PASSWORD", "EMAIL", "CARD", "IBAN"]
 _PRIORITY += ["US_SSN", "UK_NINO", "CA_SIN", "ES_DNI", "PHONE"]
 
 
@@ -288,6 +332,12 @@ def scan(
         if all(finding.end <= k.start or finding.start >= k.end for k in kept):
             kept.append(finding)
     return sorted(kept, key=lambda f: f.start)
+
+
+def may_hold_secret(text: str) -> bool:
+    """False when `text` cannot hold a finding of SECRET_DETECTORS (a cheap test, no regex)."""
+    lowered = text.lower()
+    return any(hint in lowered for hint in SECRET_HINTS)
 
 
 def counts(findings: Iterable[Finding]) -> dict[str, int]:

@@ -32,6 +32,7 @@ class Command(BaseCommand):
                 f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s."
             )
         # daphne refuses client frames and messages over the chat's limit from their headers,
-        # before buffering them (enterprise_ai/daphne_server.py).
+        # before buffering them, and writes its access log through logging (masked, JSON in
+        # production) instead of to stdout (enterprise_ai/daphne_server.py).
         cli, limits = daphne_server.command_line_interface(daphne_server.incoming_limit())
         cli.run(["-b", host, "-p", str(port), *limits, "enterprise_ai.asgi:application"])
