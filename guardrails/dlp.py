@@ -224,11 +224,12 @@ _ASSIGNED_PASSWORD = re.compile(
 # The password of `scheme://user:password@host` (the user name is kept).
 _URL_PASSWORD = re.compile(r"(?i:\b[a-z][a-z0-9+.-]{0,30})://[^\s:/?#@]*:([^\s/?#@]+)@")
 
-# Every credential pattern above needs one of these (lower case) in the text: a log line
-# without any is passed over without running a regular expression.
+# Every credential pattern above needs one of these (lower case) in the text, or (a URL's
+# password) both "://" and "@": a log line without any is passed over without running a
+# regular expression.
 SECRET_HINTS = (
     "private key", "akia", "asia", "secret", "bearer", "basic", "key", "token", "passw",
-    "pwd", "passphrase", "://", "sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghu_", "ghs_",
+    "pwd", "passphrase", "sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghu_", "ghs_",
     "ghr_", "github_pat_", "glpat-", "xox", "aiza", "eyj",
 )  # fmt: skip
 
@@ -336,8 +337,13 @@ def scan(
 
 def may_hold_secret(text: str) -> bool:
     """False when `text` cannot hold a finding of SECRET_DETECTORS (a cheap test, no regex)."""
+    if "://" in text and "@" in text:
+        return True
     lowered = text.lower()
-    return any(hint in lowered for hint in SECRET_HINTS)
+    for hint in SECRET_HINTS:  # noqa: SIM110 - twice as fast as any(); runs for every log line
+        if hint in lowered:
+            return True
+    return False
 
 
 def counts(findings: Iterable[Finding]) -> dict[str, int]:
