@@ -27,7 +27,7 @@ from audit.services import audit_record
 from conversations import errors, selectors, services, streams
 from conversations.errors import ChatError
 from enterprise_ai import ratelimit
-from observability import logcontext
+from observability import logcontext, metrics
 from providers.registry import default_model_for
 
 logger = logging.getLogger(__name__)
@@ -87,10 +87,15 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
         self.user_group = sessions.user_group(user.public_id)
         await self.channel_layer.group_add(self.user_group, self.channel_name)
         await self.accept()
+        self.counted_open = True
+        metrics.websocket_opened()
         self.session_watch = asyncio.create_task(self.watch_session(check.seconds_left))
         await self.audit(AuditAction.WS_CONNECT, AuditOutcome.SUCCESS)
 
     async def disconnect(self, code: int) -> None:
+        if getattr(self, "counted_open", False):
+            self.counted_open = False
+            metrics.websocket_closed()
         if hasattr(self, "session_watch"):
             self.session_watch.cancel()
         groups = [getattr(self, "user_group", None), *getattr(self, "subscriptions", set())]

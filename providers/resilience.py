@@ -19,6 +19,7 @@ Providers make exactly one attempt per call (their SDKs' retries are off). This 
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import random
@@ -172,7 +173,10 @@ def guarded_stream(
                 except Exception as exc:
                     logger.warning("closing a provider stream failed: %s", type(exc).__name__)
 
-    threading.Thread(target=pump, name="provider-stream", daemon=True).start()
+    # The thread runs in a copy of the caller's context: what the SDK logs carries the
+    # reply's request, conversation and message ids (observability/logcontext.py).
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(pump,), name="provider-stream", daemon=True).start()
     started = False
     try:
         while True:

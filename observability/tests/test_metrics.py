@@ -136,6 +136,7 @@ def test_a_completed_turn_counts_its_outcome_timings_tokens_and_cost(
     moves.done()
     assert reply.status == Message.Status.COMPLETE
     (entry,) = CostEntry.objects.filter(message=reply)
+    assert reply.time_to_first_token_ms is not None
 
     assert moves.by("eai_chat_turns_total", model="demo", outcome="complete") == 1
     assert moves.by("eai_chat_time_to_first_token_seconds_count", model="demo") == 1
@@ -432,3 +433,38 @@ def test_an_allowed_network_may_scrape_by_pod_ip(settings) -> None:
         assert response["Content-Type"].startswith("text/plain")
     finally:
         views._allowed_networks.cache_clear()
+
+
+# --- The provider's thread logs under the reply's ids ----------------------------------------
+
+
+class Observing(Provider):
+    """A stand-in service that notes the log context its stream runs in."""
+
+    name = "observing"
+    seen: list[Any] = []
+
+    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+        from observability import logcontext
+
+        type(self).seen.append(logcontext.current())
+        yield TextDelta("hello")
+
+
+def test_the_provider_stream_runs_under_the_replys_log_context(
+    owner, monkeypatch, no_dispatch
+) -> None:
+    monkeypatch.setitem(registry.PROVIDERS, "observing", Observing)
+    Observing.seen.clear()
+    AIModel.objects.create(
+        key="observed",
+        display_name="Observed",
+        provider="observing",
+        provider_model_id="o",
+        available_to_everyone=True,
+    )
+    reply = turn(owner, model="observed")
+    (context,) = Observing.seen
+    assert reply.request_id and context.request_id == reply.request_id
+    assert context.message_id == str(reply.public_id)
+    assert context.conversation_id == str(reply.conversation.public_id)
