@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.contrib import admin
@@ -17,6 +18,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import path
 
 from audit.catalogue import AuditAction
 from audit.services import audit_record
@@ -90,7 +92,8 @@ class ConsoleSite(admin.AdminSite):
     site_header = "Enterprise AI console"
     site_title = "Enterprise AI console"
     index_title = "Compliance and administration"
-    # The console's own links (verify the chain) are added by the audit admin's templates.
+    # The console's own links (verify the chain) are added by the audit admin's templates;
+    # the usage dashboard (observability/admin_views.py) is routed and listed here.
 
     def has_permission(self, request: HttpRequest) -> bool:
         user = request.user
@@ -106,6 +109,24 @@ class ConsoleSite(admin.AdminSite):
                 status=403,
             )
         return redirect_to_login(request.GET.get("next") or request.get_full_path())
+
+    def get_urls(self) -> list[Any]:
+        from observability.admin_views import usage_dashboard_view
+
+        dashboard = partial(usage_dashboard_view, site=self)
+        return [
+            path("usage/", self.admin_view(dashboard), name="usage_dashboard"),
+            *super().get_urls(),
+        ]
+
+    def get_app_list(self, request: HttpRequest, app_label: str | None = None) -> list[Any]:
+        from observability.admin_views import console_app_entry
+
+        app_list = super().get_app_list(request, app_label)
+        entry = console_app_entry(request) if app_label is None else None
+        if entry is not None:
+            app_list = sorted([*app_list, entry], key=lambda app: str(app["name"]).lower())
+        return app_list
 
     def register(self, model_or_iterable: Any, admin_class: Any = None, **options: Any) -> None:
         admin_class = admin_class or admin.ModelAdmin
