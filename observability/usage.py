@@ -6,8 +6,8 @@ come from the cost ledger. Nothing here needs Prometheus, so the embedded defaul
 same dashboard as production.
 
 Every figure is computed by the database, grouped by model or by time bucket: the dashboard
-costs the same dozen queries whatever the number of rows, and no row is loaded into Python
-except the few latest failed replies.
+costs the same five queries on PostgreSQL (twelve on SQLite) whatever the number of rows,
+and no row is loaded into Python except the few latest failed replies.
 
 Percentiles are nearest-rank: p95 is the smallest stored value that at least 95 % of the
 values do not exceed (always a measured value, in whole milliseconds). PostgreSQL computes
