@@ -18,7 +18,6 @@ from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Group
 from django.test import Client, TestCase
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 
 from audit.catalogue import AuditAction
 from audit.services import audit_chain_verify, audit_record, checkpoint_create
@@ -30,6 +29,7 @@ from conversations.models import Message
 from conversations.services import message_send, replies_sweep
 from costs.models import Budget, CostEntry, ModelPrice
 from guardrails.models import GuardrailPolicy
+from observability.testing import Samples, parse_samples, sample_value
 from providers import registry
 from providers.base import ChatRequest, Provider, ProviderUnavailable, StreamEvent, TextDelta
 from providers.models import AIModel
@@ -38,19 +38,14 @@ from tests.support import connected
 pytestmark = pytest.mark.django_db
 
 
-def scrape(client: Client | None = None, **headers: Any) -> dict[tuple[str, frozenset[Any]], float]:
-    """Every sample /metrics serves, keyed by (name, labels)."""
+def scrape(client: Client | None = None, **headers: Any) -> Samples:
+    """Every sample /metrics serves."""
     response = (client or Client()).get("/metrics", **headers)
     assert response.status_code == 200, response.content
-    samples: dict[tuple[str, frozenset[Any]], float] = {}
-    for family in text_string_to_metric_families(response.content.decode()):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
+    return parse_samples(response.content.decode())
 
 
-def value(samples: dict[tuple[str, frozenset[Any]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+value = sample_value
 
 
 class Moves:
@@ -58,7 +53,7 @@ class Moves:
 
     def __init__(self) -> None:
         self.before = scrape()
-        self.after: dict[tuple[str, frozenset[Any]], float] = {}
+        self.after: Samples = {}
 
     def done(self) -> Moves:
         self.after = scrape()

@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -608,6 +608,54 @@ class RedisDatabase:
         client = self.client()
         if client.get(self.CLAIM_KEY) == self.owner.encode():
             client.flushdb()
+
+
+@contextlib.contextmanager
+def launcher(request: Any, workdir: Path, env: Mapping[str, str]) -> Iterator[Callable[..., Stack]]:
+    """launch(**extra_env) -> a new Stack under `workdir` with `env` plus the extras. At the
+    end every process of every such stack is ended, and when the test (`request`'s node)
+    failed each process's log tail is added to its report (the logs stay in `workdir`)."""
+    stacks: list[Stack] = []
+
+    def make(**extra_env: str) -> Stack:
+        stack = Stack(workdir / f"stack-{len(stacks) + 1}", {**env, **extra_env})
+        stacks.append(stack)
+        return stack
+
+    try:
+        yield make
+    finally:
+        for stack in stacks:
+            stack.close()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            logs = "\n".join(stack.report() for stack in stacks)
+            report.sections.append(("process logs", f"(logs in {workdir})\n{logs}"))
+
+
+@contextlib.contextmanager
+def own_services(prefix: str) -> Iterator[tuple[Database, RedisDatabase]]:
+    """A PostgreSQL database (`<prefix>_…`, on the server of Django's settings) and a Redis
+    database of the caller's own; dropped and released afterwards. When either cannot be
+    had the test is skipped with the reason (failed under CI=true)."""
+    from django.conf import settings
+
+    from conftest import service_missing
+
+    try:
+        database = Database.create(settings.DATABASES["default"], prefix=prefix)
+    except psycopg.Error as exc:
+        service_missing(f"cannot create a PostgreSQL database: {exc}")
+    try:
+        redis = RedisDatabase.claim(settings.REDIS_URL)
+    except Exception as exc:
+        database.drop()
+        service_missing(f"no Redis database to claim: {exc}")
+    try:
+        yield database, redis
+    finally:
+        database.drop()
+        redis.release()
 
 
 def redis_server_missing() -> str | None:

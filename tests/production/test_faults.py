@@ -24,10 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from celery import Celery
-from django.conf import settings
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from conftest import service_missing
@@ -41,7 +39,9 @@ from tests.production.processes import (
     Stack,
     WebProcess,
     base_env,
+    launcher,
     login_page,
+    own_services,
     rabbitmq_missing,
     redis_server_missing,
     sign_in,
@@ -141,24 +141,15 @@ def site(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Site]:
     """A fresh PostgreSQL database (migrated and seeded once) and a Redis database of its own."""
-    try:
-        database = Database.create(settings.DATABASES["default"])
-    except psycopg.Error as exc:
-        service_missing(f"cannot create a PostgreSQL database: {exc}")
-    try:
-        redis = RedisDatabase.claim(settings.REDIS_URL)
-    except Exception as exc:
-        database.drop()
-        service_missing(f"no Redis database to claim: {exc}")
-    workdir = tmp_path_factory.mktemp("faults")
-    env = base_env(
-        database_url=database.url,
-        redis_url=redis.url,
-        key_prefix=f"eai-faults-{secrets.token_hex(3)}",
-        data_dir=workdir,
-        **FAST_HEARTBEAT,
-    )
-    try:
+    with own_services("eai_faults") as (database, redis):
+        workdir = tmp_path_factory.mktemp("faults")
+        env = base_env(
+            database_url=database.url,
+            redis_url=redis.url,
+            key_prefix=f"eai-faults-{secrets.token_hex(3)}",
+            data_dir=workdir,
+            **FAST_HEARTBEAT,
+        )
         setup = Stack(workdir / "setup", env)
         setup.manage("migrate", "--noinput")
         seed = {
@@ -168,9 +159,6 @@ def site(
         }
         setup.manage("shell", "-c", SEED.format(seed=json.dumps(seed)))
         yield Site(database, redis, env, upstream)
-    finally:
-        database.drop()
-        redis.release()
 
 
 @pytest.fixture
@@ -191,22 +179,8 @@ def launch(
     """
     site.redis.flush()
     site.upstream.reply_text = None
-    stacks: list[Stack] = []
-
-    def make(**env: str) -> Stack:
-        stack = Stack(tmp_path / f"stack-{len(stacks) + 1}", {**site.env, **env})
-        stacks.append(stack)
-        return stack
-
-    try:
+    with launcher(request, tmp_path, site.env) as make:
         yield make
-    finally:
-        for stack in stacks:
-            stack.close()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            logs = "\n".join(stack.report() for stack in stacks)
-            report.sections.append(("process logs", f"(logs in {tmp_path})\n{logs}"))
 
 
 def pace(upstream: OpenAIDouble, *, first_token: float, rate: float, words: int) -> None:

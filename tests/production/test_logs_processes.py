@@ -17,19 +17,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from django.conf import settings
 
-from conftest import service_missing
 from providers.testing.openai_server import OpenAIDouble
 from tests.production.processes import (
     ChatSocket,
     Database,
     Process,
-    RedisDatabase,
     Stack,
     base_env,
+    own_services,
     sign_in,
     wait_until,
 )
@@ -66,40 +63,30 @@ def upstream() -> Iterator[OpenAIDouble]:
 def stack(
     upstream: OpenAIDouble, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Stack, Database]]:
-    try:
-        database = Database.create(settings.DATABASES["default"], prefix="eai_logs")
-    except psycopg.Error as exc:
-        service_missing(f"cannot create a PostgreSQL database: {exc}")
-    try:
-        redis = RedisDatabase.claim(settings.REDIS_URL)
-    except Exception as exc:
-        database.drop()
-        service_missing(f"no Redis database to claim: {exc}")
-    env = base_env(
-        database_url=database.url,
-        redis_url=redis.url,
-        key_prefix=f"eai-logs-{secrets.token_hex(3)}",
-        data_dir=tmp_path / "data",
-        LOG_FORMAT="json",
-    )
-    processes = Stack(tmp_path / "stack", env)
-    try:
-        processes.manage("migrate", "--noinput")
-        seed = {
-            "person": PERSON,
-            "password": PASSWORD,
-            "model": MODEL,
-            "base_url": upstream.base_url,
-        }
-        processes.manage("shell", "-c", SEED.format(seed=json.dumps(seed)))
-        yield processes, database
-    finally:
-        processes.close()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            report.sections.append(("process logs", processes.report()))
-        database.drop()
-        redis.release()
+    with own_services("eai_logs") as (database, redis):
+        env = base_env(
+            database_url=database.url,
+            redis_url=redis.url,
+            key_prefix=f"eai-logs-{secrets.token_hex(3)}",
+            data_dir=tmp_path / "data",
+            LOG_FORMAT="json",
+        )
+        processes = Stack(tmp_path / "stack", env)
+        try:
+            processes.manage("migrate", "--noinput")
+            seed = {
+                "person": PERSON,
+                "password": PASSWORD,
+                "model": MODEL,
+                "base_url": upstream.base_url,
+            }
+            processes.manage("shell", "-c", SEED.format(seed=json.dumps(seed)))
+            yield processes, database
+        finally:
+            processes.close()
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                report.sections.append(("process logs", processes.report()))
 
 
 def json_lines(process: Process) -> list[dict[str, Any]]:

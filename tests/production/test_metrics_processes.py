@@ -17,20 +17,16 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from django.conf import settings
-from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import service_missing
+from observability.testing import Samples, parse_samples, sample_value
 from providers.testing.openai_server import OpenAIDouble
 from tests.production.processes import (
     ChatSocket,
-    Database,
-    RedisDatabase,
     Stack,
     base_env,
     free_port,
+    own_services,
     sign_in,
     wait_until,
 )
@@ -61,62 +57,39 @@ ModelPrice.objects.create(
 """
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
 def scrape(url: str, token: str | None = TOKEN) -> Samples:
     request = urllib.request.Request(url)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=20) as response:
-        text = response.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
+        return parse_samples(response.read().decode())
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
+value = sample_value
 
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    try:
-        database = Database.create(settings.DATABASES["default"], prefix="eai_metrics")
-    except psycopg.Error as exc:
-        service_missing(f"cannot create a PostgreSQL database: {exc}")
-    try:
-        redis = RedisDatabase.claim(settings.REDIS_URL)
-    except Exception as exc:
-        database.drop()
-        service_missing(f"no Redis database to claim: {exc}")
-    env = base_env(
-        database_url=database.url,
-        redis_url=redis.url,
-        key_prefix=f"eai-metrics-{secrets.token_hex(3)}",
-        data_dir=tmp_path,
-        PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
-        METRICS_TOKEN=TOKEN,
-        # No address is trusted: every scrape needs the token.
-        METRICS_ALLOWED_IPS="192.0.2.1/32",
-        WORKER_HEARTBEAT_SECONDS="1",
-        WORKER_HEARTBEAT_TTL_SECONDS="4",
-    )
-    with OpenAIDouble() as upstream, Stack(tmp_path / "stack", env) as processes:
-        processes.manage("migrate", "--noinput")
-        processes.manage(
-            "shell",
-            "-c",
-            SEED.format(person=PERSON, password=PASSWORD, model=MODEL, base_url=upstream.base_url),
+    with own_services("eai_metrics") as (database, redis), OpenAIDouble() as upstream:
+        env = base_env(
+            database_url=database.url,
+            redis_url=redis.url,
+            key_prefix=f"eai-metrics-{secrets.token_hex(3)}",
+            data_dir=tmp_path,
+            PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),
+            METRICS_TOKEN=TOKEN,
+            # No address is trusted: every scrape needs the token.
+            METRICS_ALLOWED_IPS="192.0.2.1/32",
+            WORKER_HEARTBEAT_SECONDS="1",
+            WORKER_HEARTBEAT_TTL_SECONDS="4",
         )
-        try:
+        with Stack(tmp_path / "stack", env) as processes:
+            processes.manage("migrate", "--noinput")
+            seed = SEED.format(
+                person=PERSON, password=PASSWORD, model=MODEL, base_url=upstream.base_url
+            )
+            processes.manage("shell", "-c", seed)
             yield processes
-        finally:
-            processes.close()
-            database.drop()
-            redis.release()
 
 
 async def chat_turn(base_url: str, cookie: str, text: str) -> dict[str, object]:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from django.conf import settings
 
@@ -37,6 +36,8 @@ from tests.production.processes import (
     WebProcess,
     base_env,
     free_port,
+    launcher,
+    own_services,
     rabbitmq_missing,
     redis_server_missing,
     wait_until,
@@ -64,29 +65,17 @@ class Site:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """A fresh PostgreSQL database (migrated once) and a Redis database of its own."""
-    try:
-        database = Database.create(settings.DATABASES["default"], prefix="eai_ready")
-    except psycopg.Error as exc:
-        service_missing(f"cannot create a PostgreSQL database: {exc}")
-    try:
-        redis = RedisDatabase.claim(settings.REDIS_URL)
-    except Exception as exc:
-        database.drop()
-        service_missing(f"no Redis database to claim: {exc}")
-    workdir = tmp_path_factory.mktemp("readiness")
-    env = base_env(
-        database_url=database.url,
-        redis_url=redis.url,
-        key_prefix=f"eai-ready-{secrets.token_hex(3)}",
-        data_dir=workdir,
-        **FAST,
-    )
-    try:
+    with own_services("eai_ready") as (database, redis):
+        workdir = tmp_path_factory.mktemp("readiness")
+        env = base_env(
+            database_url=database.url,
+            redis_url=redis.url,
+            key_prefix=f"eai-ready-{secrets.token_hex(3)}",
+            data_dir=workdir,
+            **FAST,
+        )
         Stack(workdir / "setup", env).manage("migrate", "--noinput")
         yield Site(database, redis, env)
-    finally:
-        database.drop()
-        redis.release()
 
 
 @pytest.fixture
@@ -96,22 +85,8 @@ def launch(
     """launch(**env) -> a Stack for this test, its processes ended (and their log tails
     reported on failure) at teardown."""
     site.redis.flush()
-    stacks: list[Stack] = []
-
-    def make(**env: str) -> Stack:
-        stack = Stack(tmp_path / f"stack-{len(stacks) + 1}", {**site.env, **env})
-        stacks.append(stack)
-        return stack
-
-    try:
+    with launcher(request, tmp_path, site.env) as make:
         yield make
-    finally:
-        for stack in stacks:
-            stack.close()
-        report = getattr(request.node, "rep_call", None)
-        if report is not None and report.failed:
-            logs = "\n".join(stack.report() for stack in stacks)
-            report.sections.append(("process logs", f"(logs in {tmp_path})\n{logs}"))
 
 
 def readyz(web: WebProcess) -> tuple[int, dict[str, Any], str]:
