@@ -102,6 +102,22 @@ class Message(models.Model):
                 condition=models.Q(status__in=["pending", "streaming"]),
                 name="msg_in_flight_idx",
             ),
+            # The usage dashboard (observability.usage): replies by creation time, with every
+            # column it aggregates, so PostgreSQL answers from the index alone (index-only
+            # scan) instead of reading the wide rows. `include` is PostgreSQL-only; other
+            # databases get a plain partial index on created_at.
+            models.Index(
+                fields=["created_at"],
+                include=[
+                    "status",
+                    "model",
+                    "answered_by",
+                    "time_to_first_token_ms",
+                    "duration_ms",
+                ],
+                condition=models.Q(role="assistant"),
+                name="msg_usage_idx",
+            ),
         ]
         constraints = [
             models.CheckConstraint(

@@ -6,8 +6,11 @@ come from the cost ledger. Nothing here needs Prometheus, so the embedded defaul
 same dashboard as production.
 
 Every figure is computed by the database, grouped by model or by time bucket: the dashboard
-costs the same five queries on PostgreSQL (twelve on SQLite) whatever the number of rows,
-and no row is loaded into Python except the few latest failed replies.
+costs the same four queries on PostgreSQL (eleven on SQLite) whatever the number of rows,
+and no row is loaded into Python except the few latest failed replies. A period's replies
+are found by their own `created_at`, through the partial covering index `msg_usage_idx`
+(assistant messages by creation time, with every column read here): on PostgreSQL the
+figures come from index-only scans, never from the wide rows that hold the text.
 
 Percentiles are nearest-rank: p95 is the smallest stored value that at least 95 % of the
 values do not exceed (always a measured value, in whole milliseconds). PostgreSQL computes
@@ -36,7 +39,7 @@ from django.db.models import (
     Value,
     Window,
 )
-from django.db.models.functions import Coalesce, NullIf, RowNumber, Trunc
+from django.db.models.functions import Coalesce, Collate, NullIf, RowNumber, Trunc
 from django.utils import timezone
 
 from conversations.models import Message
@@ -45,12 +48,10 @@ from costs.models import MICRO, CostEntry
 UTC = dt.UTC
 FRACTIONS = (50, 95)  # the percentiles shown, in percent
 FAILED_SHOWN = 20  # the latest failed replies listed
-# Message ids grow with `created_at` (both are assigned by the same INSERT, within a clock
-# skew of seconds): a reply settled in the ledger this long before a period began was created
-# before every message of the period. See `first_possible_id`.
-ID_MARGIN = dt.timedelta(minutes=10)
-# Sorting a week of replies for the percentiles: in memory rather than in temporary files
-# (PostgreSQL; set for the dashboard's own transaction only).
+# Sorting replies for the percentiles (PostgreSQL; set for the dashboard's own transaction
+# only). A day's sort stays in memory; a week of a million replies by model spills about
+# 36 MB to a temporary file. More is hardly faster, and at 128 MB the planner sorts the
+# ledger's million rows too instead of hashing them, which is three times slower.
 SORT_MEMORY = "64MB"
 
 
@@ -179,31 +180,15 @@ class RequestStats:
         return self.failed / self.finished if self.finished else None
 
 
-def first_possible_id(*, since: dt.datetime) -> int:
-    """A message id below which no message was created at or after `since` (0 if unknown).
-
-    `conversations_message.created_at` has no index; its primary key has. The ledger's
-    `created_at` is indexed: the message of the last ledger row written ID_MARGIN before
-    `since` was created before it, so every message of the period has a greater id. One
-    index look-up, and the period's messages are then read by primary-key range instead of
-    scanning the whole table.
-    """
-    older = (
-        CostEntry.objects.filter(created_at__lt=since - ID_MARGIN)
-        .order_by("-created_at")
-        .values_list("message_id", flat=True)
-        .first()
-    )
-    return int(older or 0)
-
-
-def replies(*, since: dt.datetime, until: dt.datetime, after_id: int = 0) -> QuerySet[Message]:
+def replies(*, since: dt.datetime, until: dt.datetime) -> QuerySet[Message]:
     """The requests of a period: assistant messages created in [since, until).
 
-    `after_id` (from `first_possible_id`) narrows the rows read without changing the result.
+    Exactly the rows of the partial index `msg_usage_idx` (conversations.models) in that
+    range, which also holds every column the dashboard aggregates: PostgreSQL reads the
+    period from the index alone.
     """
     return Message.objects.filter(
-        pk__gt=after_id, role=Message.Role.ASSISTANT, created_at__gte=since, created_at__lt=until
+        role=Message.Role.ASSISTANT, created_at__gte=since, created_at__lt=until
     ).order_by()
 
 
@@ -266,70 +251,90 @@ def request_stats(rows: QuerySet[Message], *, group: Any | None) -> dict[Any, Re
     return stats
 
 
-def request_stats_sets(
-    rows: QuerySet[Message], *, groups: Mapping[str, Any]
-) -> dict[str, dict[Any, RequestStats]]:
-    """`request_stats` per each of `groups` ({name: expression}) and in total (name "").
+@dataclass(frozen=True)
+class PeriodRequests:
+    """`RequestStats` of a period: in total, per model and per bucket (by start, UTC)."""
 
-    On PostgreSQL, one query reads the rows once for every grouping (GROUPING SETS): the
-    messages table is wide (it holds the text), so each pass over a period costs. Elsewhere,
+    total: RequestStats
+    per_model: dict[str, RequestStats]
+    per_bucket: dict[dt.datetime, RequestStats]
+
+
+def period_requests(
+    rows: QuerySet[Message], *, since: dt.datetime, until: dt.datetime, period: Period
+) -> PeriodRequests:
+    """`request_stats` of `rows` (a period's `replies`) per model, per bucket and in total.
+
+    On PostgreSQL, one query of two parts, both read from `msg_usage_idx` alone (index-only
+    scans): the whole period grouped by model with ROLLUP for the total, then each bucket
+    on its own (a LATERAL subquery per bucket start), so its percentiles sort only that
+    bucket's replies and no row is sorted by bucket. Each part computes p50 and p95 of a
+    column with one `percentile_disc(ARRAY[...])`, which sorts the values once. Elsewhere,
     one `request_stats` per grouping.
     """
     if not ordered_set_aggregates():
-        result = {name: request_stats(rows, group=group) for name, group in groups.items()}
-        result[""] = request_stats(rows, group=None)
-        return result
-    names = list(groups)
-    if not all(name.isidentifier() and name.islower() for name in names):
-        raise ValueError(f"group names are SQL column names: {names!r}")
-    columns = [f"usage_{name}" for name in names]
-    inner: Any = rows.annotate(**dict(zip(columns, groups.values(), strict=True))).values(
-        *columns, "status", "time_to_first_token_ms", "duration_ms"
+        bucket = Trunc("created_at", period.trunc, tzinfo=UTC)
+        return PeriodRequests(
+            total=request_stats(rows, group=None)[""],
+            per_model=request_stats(rows, group=model_key()),
+            per_bucket=_by_start(request_stats(rows, group=bucket)),
+        )
+    # Model keys compared byte by byte ("C"): the same groups, and a faster sort of a
+    # period's replies by model than under the database's linguistic collation.
+    inner: Any = rows.annotate(usage_model=Collate(model_key(), "C")).values(
+        "usage_model", "status", "time_to_first_token_ms", "duration_ms", "created_at"
     )
     inner_sql, inner_params = inner.query.sql_with_params()
-    percentiles = []
-    for value, condition in (
-        ("time_to_first_token_ms", ""),
-        ("duration_ms", " FILTER (WHERE r.status = %s)"),
-    ):
-        for percent in FRACTIONS:
-            percentiles.append(
-                f"PERCENTILE_DISC({percent / 100:.2f}) WITHIN GROUP (ORDER BY r.{value}){condition}"
-            )
-    complete, failed, cancelled = (
-        Message.Status.COMPLETE, Message.Status.FAILED, Message.Status.CANCELLED,
-    )  # fmt: skip
-    # Only our own identifiers and the ORM's compiled SQL are formatted in; values are params.
-    sql = (
-        f"SELECT {', '.join(f'r.{c}' for c in columns)}, "  # noqa: S608 (see above)
-        f"{', '.join(f'GROUPING(r.{c})' for c in columns)}, "
-        "COUNT(*), COUNT(*) FILTER (WHERE r.status = %s), COUNT(*) FILTER (WHERE r.status = %s), "
-        f"COUNT(*) FILTER (WHERE r.status = %s), {', '.join(percentiles)} "
-        f"FROM ({inner_sql}) AS r "
-        f"GROUP BY GROUPING SETS ({', '.join(f'(r.{c})' for c in columns)}, ())"
+    fractions = ", ".join(f"{percent / 100:.2f}" for percent in FRACTIONS)
+    # Counts, then p50 and p95 of time to first token (every reply that had one) and of
+    # duration (completed replies only); the statuses are parameters.
+    figures = (
+        "COUNT(*), COUNT(*) FILTER (WHERE r.status = %s), "
+        "COUNT(*) FILTER (WHERE r.status = %s), COUNT(*) FILTER (WHERE r.status = %s), "
+        f"PERCENTILE_DISC(ARRAY[{fractions}]) WITHIN GROUP (ORDER BY r.time_to_first_token_ms), "
+        f"PERCENTILE_DISC(ARRAY[{fractions}]) WITHIN GROUP (ORDER BY r.duration_ms) "
+        "FILTER (WHERE r.status = %s)"
     )
-    params = [complete, failed, cancelled, *[complete] * len(FRACTIONS), *inner_params]
-    result = {name: {} for name in [*names, ""]}
+    statuses = [
+        Message.Status.COMPLETE, Message.Status.FAILED, Message.Status.CANCELLED,
+        Message.Status.COMPLETE,
+    ]  # fmt: skip
+    # Only our own SQL and the ORM's compiled SQL are formatted in; values are params.
+    sql = (
+        "SELECT GROUPING(r.usage_model), r.usage_model, NULL::timestamptz, "  # noqa: S608
+        f"{figures} FROM ({inner_sql}) AS r GROUP BY ROLLUP (r.usage_model) "
+        "UNION ALL "
+        "SELECT 2, NULL, b.bucket_start, s.* "
+        "FROM generate_series(%s, %s, %s) AS b (bucket_start) "
+        f"CROSS JOIN LATERAL (SELECT {figures} FROM ({inner_sql}) AS r "
+        "WHERE r.created_at >= b.bucket_start AND r.created_at < b.bucket_start + %s) AS s"
+    )
+    params = [
+        *statuses, *inner_params,
+        since, until - period.bucket, period.bucket, *statuses, *inner_params, period.bucket,
+    ]  # fmt: skip
+    total = RequestStats()
+    per_model: dict[str, RequestStats] = {}
+    per_bucket: dict[dt.datetime, RequestStats] = {}
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        for row in cursor.fetchall():
-            keys, grouping = row[: len(names)], row[len(names) : 2 * len(names)]
-            requests, done, failures, stopped, *measured = row[2 * len(names) :]
+        for kind, model, start, *measured in cursor.fetchall():
+            requests, done, failures, stopped, ttft, duration = measured
             stats = RequestStats(
                 requests=int(requests),
                 complete=int(done),
                 failed=int(failures),
                 cancelled=int(stopped),
-                ttft=Latency(*measured[: len(FRACTIONS)]),
-                duration=Latency(*measured[len(FRACTIONS) :]),
+                ttft=Latency(*(ttft or ())),  # NULL when nothing was measured
+                duration=Latency(*(duration or ())),
             )
-            grouped = [name for name, flag in zip(names, grouping, strict=True) if not flag]
-            if not grouped:
-                result[""][""] = stats
-            else:
-                result[grouped[0]][keys[names.index(grouped[0])]] = stats
-    result[""].setdefault("", RequestStats())
-    return result
+            if kind == 0:
+                per_model[model] = stats
+            elif kind == 1:
+                total = stats
+            elif stats.requests:  # a bucket; empty ones are left out, as when grouping
+                per_bucket[_utc(start)] = stats
+    return PeriodRequests(total=total, per_model=per_model, per_bucket=per_bucket)
 
 
 # --- Tokens and spend (ledger) ----------------------------------------------------------------
@@ -454,10 +459,14 @@ def _by_start(stats: Mapping[Any, Any]) -> dict[dt.datetime, Any]:
 
 
 def latest_failed(rows: QuerySet[Message], *, limit: int = FAILED_SHOWN) -> list[FailedReply]:
-    """The newest failed replies among `rows` (by id: ids grow with creation time)."""
+    """The newest failed replies among `rows` (newest first; by id between equal times).
+
+    PostgreSQL walks `msg_usage_idx` backwards from the period's end, checks the status in
+    the index and fetches only the failed rows it returns.
+    """
     failed = (
         rows.filter(status=Message.Status.FAILED)
-        .order_by("-pk")
+        .order_by("-created_at", "-pk")
         .values_list(
             "pk", "public_id", "created_at", "model", "answered_by", "error_code",
             "request_id", "duration_ms",
@@ -491,12 +500,12 @@ def usage_dashboard(*, period: Period, now: dt.datetime | None = None) -> UsageD
                     "SELECT set_config('work_mem', %s, true), set_config('jit', 'off', true)",
                     [SORT_MEMORY],
                 )
-        rows = replies(since=since, until=until, after_id=first_possible_id(since=since))
-        requests = request_stats_sets(rows, groups={"model": model_key(), "bucket": bucket})
+        rows = replies(since=since, until=until)
+        requests = period_requests(rows, since=since, until=until, period=period)
         spend = spend_by(since=since, until=until, groups={"model": F("model"), "bucket": bucket})
         failed = latest_failed(rows)
-    per_model_requests, total_requests = requests["model"], requests[""][""]
-    per_bucket_requests = _by_start(requests["bucket"])
+    per_model_requests, total_requests = requests.per_model, requests.total
+    per_bucket_requests = requests.per_bucket
     per_model_spend, per_bucket_spend = spend["model"], _by_start(spend["bucket"])
 
     minutes = period.minutes

@@ -148,7 +148,7 @@ def seeded(owner) -> dict[str, Any]:
     stopped, 1 still streaming) and 4 replies asked of gpt-x, 2 of them answered by demo-2
     after failover; ledger entries for the completed ones."""
     conversation = conversation_of(owner)
-    # Outside the hour: neither counted nor charged. (Created first: ids grow with time.)
+    # Outside the hour: neither counted nor charged.
     old = reply(conversation, when=NOW - dt.timedelta(hours=3), ttft=99_999, duration=99_999)
     charge(old, when=NOW - dt.timedelta(hours=3), cost="9.000000")
     demo = []
@@ -269,16 +269,22 @@ def test_buckets_carry_requests_latency_tokens_and_spend(seeded) -> None:
     assert busy[1].requests.ttft == usage.Latency(p50=900, p95=1800)
 
 
-def test_messages_are_read_from_the_last_reply_settled_before_the_period(seeded) -> None:
-    since = NOW - dt.timedelta(hours=1)
-    # The reply charged three hours back is the last one settled before the hour (minus the
-    # margin): every reply of the hour has a greater id.
-    assert usage.first_possible_id(since=since) == seeded["old"].pk
-    everything = usage.replies(since=since, until=NOW)
-    narrowed = usage.replies(since=since, until=NOW, after_id=seeded["old"].pk)
-    assert set(narrowed) == set(everything) and narrowed.count() == 24
-    # With nothing settled before the period, no bound.
-    assert usage.first_possible_id(since=NOW - dt.timedelta(hours=5)) == 0
+def test_the_period_is_found_by_creation_time_whatever_the_ids(owner) -> None:
+    """No assumption that ids grow with `created_at` (imports, clock steps, restored rows)."""
+    conversation = conversation_of(owner)
+    # Created in id order newest first: the later the id, the older the reply.
+    inside = reply(conversation, when=NOW - dt.timedelta(minutes=2), ttft=200, duration=2000)
+    before = reply(conversation, when=NOW - dt.timedelta(hours=2), ttft=9_000, duration=9_000)
+    after = reply(conversation, when=NOW + dt.timedelta(hours=2), ttft=9_000, duration=9_000)
+    early = reply(conversation, when=NOW - dt.timedelta(minutes=59), ttft=400, duration=4000,
+                  status=Message.Status.FAILED, error_code="timeout")  # fmt: skip
+    assert before.pk > inside.pk and early.pk > after.pk
+    rows = usage.replies(since=NOW - dt.timedelta(hours=1), until=NOW)
+    assert set(rows) == {inside, early}
+    dashboard = usage.usage_dashboard(period=usage.PERIODS["hour"], now=NOW)
+    assert dashboard.total.requests.requests == 2
+    assert dashboard.total.requests.ttft == usage.Latency(p50=200, p95=400)
+    assert [f.pk for f in dashboard.failed] == [early.pk]
 
 
 def test_ledger_entries_in_another_currency_add_no_cost(owner) -> None:

@@ -1,4 +1,4 @@
-"""The usage dashboard on PostgreSQL: `percentile_disc` gives the nearest-rank percentiles.
+"""The usage dashboard on PostgreSQL: nearest-rank percentiles, read from the covering index.
 
 Production computes the dashboard's percentiles with PostgreSQL's ordered-set aggregate; the
 embedded default (SQLite) with window functions (observability/usage.py). These tests hold
@@ -97,9 +97,11 @@ def test_the_dashboard_reads_messages_once_on_postgresql(samples: dict[str, list
     with CaptureQueriesContext(connection) as queries:
         dashboard = usage.usage_dashboard(period=usage.PERIODS["hour"])
     sql = [q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"]]
-    # Settings, the id bound, messages (all groupings at once), the ledger, failed replies.
-    assert len(sql) == 5, sql
-    assert sum('"conversations_message"' in s and "GROUPING SETS" in s for s in sql) == 1
+    # Settings, messages (per model with ROLLUP, then each bucket), the ledger, failed replies.
+    assert len(sql) == 4, sql
+    [messages] = [s for s in sql if "ROLLUP" in s]
+    assert '"conversations_message"' in messages and "CROSS JOIN LATERAL" in messages
+    assert messages.count("PERCENTILE_DISC(ARRAY[0.50, 0.95])") == 4  # two columns, two parts
     assert "set_config('jit', 'off', true)" in sql[0]
     assert dashboard.total.requests.requests == sum(SIZES.values()) + 1
     busy = [b for b in dashboard.buckets if b.requests.requests]
@@ -113,3 +115,67 @@ def test_the_dashboard_reads_messages_once_on_postgresql(samples: dict[str, list
         assert lines[model].ttft == usage.Latency(
             nearest_rank(values, 50), nearest_rank(values, 95)
         ), model
+    # Each bucket's percentiles are its own replies' (here, those of each minute).
+    minutes: dict[dt.datetime, list[int]] = {}
+    for created_at, ttft in Message.objects.filter(
+        time_to_first_token_ms__isnull=False
+    ).values_list("created_at", "time_to_first_token_ms"):
+        minutes.setdefault(created_at.replace(second=0, microsecond=0), []).append(int(ttft or 0))
+    assert {b.start: b.requests.ttft for b in busy} == {
+        start: usage.Latency(nearest_rank(values, 50), nearest_rank(values, 95))
+        for start, values in minutes.items()
+    }
+
+
+# A week of traffic, as in bench/usage_bench.py but smaller: each reply after its user's
+# message, whose text makes the table wide, as in production.
+WEEK_SQL = """
+    INSERT INTO conversations_message (
+        public_id, conversation_id, role, content, status, model, answered_by, notice,
+        tool_events, cost_estimated, stop_reason, time_to_first_token_ms, duration_ms,
+        error_code, error, request_id, created_at)
+    SELECT
+        gen_random_uuid(), %(conversation)s,
+        CASE WHEN g %% 2 = 1 THEN 'user' ELSE 'assistant' END,
+        repeat('Please summarise the notes in five points. ', 20),
+        CASE WHEN g %% 2 = 1 THEN 'complete' WHEN g %% 100 = 14 THEN 'failed'
+             ELSE 'complete' END,
+        (ARRAY['gpt-4o', 'demo'])[1 + (g / 2) %% 2], '', '', '[]'::jsonb, false, '',
+        CASE WHEN g %% 2 = 0 THEN 100 + g %% 3000 END,
+        CASE WHEN g %% 2 = 0 THEN 1000 + g %% 9000 END,
+        CASE WHEN g %% 100 = 14 THEN 'timeout' ELSE '' END, '', '',
+        now() - interval '7 days' + (g::float8 / %(rows)s) * interval '7 days'
+    FROM generate_series(1, %(rows)s) AS g
+"""
+
+
+@pytest.mark.django_db(transaction=True)  # VACUUM cannot run inside a transaction
+def test_the_planner_reads_replies_from_the_covering_index(owner: Any) -> None:
+    """The dashboard's message queries use `msg_usage_idx`, index-only for the figures.
+
+    No planner setting is forced (enable_seqscan stays on): with a week of replies among
+    wide user messages and the visibility map set by VACUUM, as in production, the planner
+    itself prefers the index, for an hour as for the whole week.
+    """
+    conversation = Conversation.objects.create(owner=owner, title="Week", model="demo")
+    with connection.cursor() as cursor:
+        cursor.execute(WEEK_SQL, {"conversation": conversation.pk, "rows": 40_000})
+        cursor.execute("VACUUM (ANALYZE) conversations_message")
+    for key in ("hour", "week"):
+        with CaptureQueriesContext(connection) as queries:
+            dashboard = usage.usage_dashboard(period=usage.PERIODS[key])
+        assert dashboard.total.requests.requests > 0, key
+        [figures] = [q["sql"] for q in queries.captured_queries if "ROLLUP" in q["sql"]]
+        [failed] = [q["sql"] for q in queries.captured_queries if "LIMIT" in q["sql"]]
+        with connection.cursor() as cursor:
+            cursor.execute(f"EXPLAIN (ANALYZE) {figures}")
+            plan = "\n".join(line for (line,) in cursor.fetchall())
+            cursor.execute(f"EXPLAIN {failed}")
+            failed_plan = "\n".join(line for (line,) in cursor.fetchall())
+        # Both parts (the period by model, each bucket) scan the index alone.
+        assert plan.count("Index Only Scan using msg_usage_idx on conversations_message") == 2, (
+            key, plan,
+        )  # fmt: skip
+        assert plan.count("Heap Fetches: 0") == 2 and "Seq Scan" not in plan, (key, plan)
+        # The latest failed replies: the same index from the period's end, newest first.
+        assert "Index Scan Backward using msg_usage_idx" in failed_plan, (key, failed_plan)
