@@ -28,9 +28,11 @@ REVIEW_EVENTS_MAX = 500
 
 @admin.register(Conversation)
 class ConversationAdmin(ReadOnlyModelAdmin):
-    list_display = ("title", "owner", "model", "legal_hold", "created_at", "updated_at")
+    list_display = (
+        "title", "owner", "source", "model", "legal_hold", "created_at", "updated_at"
+    )  # fmt: skip
     list_select_related = ("owner",)
-    list_filter = ("legal_hold", "model")
+    list_filter = ("source", "legal_hold", "model")
     search_fields = ("=public_id", "owner__email", "title")
     date_hierarchy = "updated_at"
     actions = legal_hold_actions()

@@ -9,6 +9,15 @@ from django.db import models
 
 
 class Conversation(models.Model):
+    class Source(models.TextChoices):
+        """The entry point a conversation was started from. Every entry point goes through
+        the same admission path (conversations.services.message_send); the chat list shows
+        web conversations only, the console and reports show them all."""
+
+        WEB = "web", "Chat"
+        API = "api", "REST API"
+        OPENAI = "openai", "OpenAI-compatible API"
+
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     # PROTECT: transcripts are records; removing a user must not silently remove them.
     owner = models.ForeignKey(
@@ -16,6 +25,9 @@ class Conversation(models.Model):
     )
     title = models.CharField(max_length=200)
     model = models.CharField(max_length=100, help_text="Key of the model last used.")
+    source = models.CharField(
+        max_length=8, choices=Source.choices, default=Source.WEB, editable=False
+    )
     # Provider-side state (e.g. an OpenAI conversation id), with the provider it belongs to
     # and the last reply it has seen, so stale state is never reused.
     provider_state = models.JSONField(default=dict, blank=True)
@@ -34,6 +46,8 @@ class Conversation(models.Model):
         indexes = [
             # "My conversations, newest first."
             models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx"),
+            # "My chat conversations, newest first": the chat list leaves API calls out.
+            models.Index(fields=["owner", "source", "-updated_at"], name="conv_owner_source_idx"),
         ]
         permissions = [
             ("manage_legal_hold", "Can place and release legal holds on conversations"),

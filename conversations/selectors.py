@@ -27,9 +27,15 @@ class ConversationPage:
 
 
 def conversation_list(
-    *, user: User, before: UUID | None = None, limit: int | None = None
+    *,
+    user: User,
+    before: UUID | None = None,
+    limit: int | None = None,
+    sources: tuple[str, ...] = (Conversation.Source.WEB,),
 ) -> ConversationPage:
-    """The user's conversations, most recently active first, at most one page of them.
+    """The user's conversations started from `sources` (the chat's own by default: calls
+    through the API never clutter the chat list), most recently active first, at most one
+    page of them.
 
     `before` is the public id of the last conversation of the previous page (a keyset
     cursor: pages stay correct while conversations move to the top). Raises ChatError
@@ -37,10 +43,12 @@ def conversation_list(
     """
     per_page = settings.CHAT_CONVERSATIONS_PER_PAGE
     limit = min(limit or per_page, per_page)
-    conversations = Conversation.objects.filter(owner=user).order_by("-updated_at", "-id")
+    conversations = Conversation.objects.filter(owner=user, source__in=sources).order_by(
+        "-updated_at", "-id"
+    )
     if before is not None:
         anchor = (
-            Conversation.objects.filter(owner=user, public_id=before)
+            Conversation.objects.filter(owner=user, source__in=sources, public_id=before)
             .values("updated_at", "id")
             .first()
         )

@@ -214,8 +214,15 @@ def message_send(
     model_key: object,
     conversation_id: UUID | None = None,
     new_conversation_id: UUID | None = None,
+    source: str = Conversation.Source.WEB,
 ) -> SendResult:
     """Store the user's message and a pending reply, and start generating it on commit.
+
+    This is the one admission path of every entry point (the chat socket, the REST API, the
+    OpenAI-compatible API; `source` names it): rate limits, input validation, the model
+    permission, the context window, guardrail screening and redaction, the budget
+    reservation and the audit event, in that order. Settlement is one path too: the reply's
+    worker stores the outcome, writes the ledger and settles the budgets (`reply_finish`).
 
     Give `conversation_id` to continue a conversation the actor owns, or
     `new_conversation_id` (chosen by the caller so it can subscribe first) to start one.
@@ -233,11 +240,12 @@ def message_send(
             model_key=model_key,
             conversation_id=conversation_id,
             new_conversation_id=new_conversation_id,
+            source=Conversation.Source(source),
         )
     except ChatError as exc:
         reason = metrics.REFUSAL_REASONS.get(exc.code)
         if reason is not None:  # guardrail refusals are counted where their kind is known
-            metrics.refusal(reason=reason)
+            metrics.refusal(reason=reason, source=str(source))
         raise
 
 
@@ -248,6 +256,7 @@ def _message_send(
     model_key: object,
     conversation_id: UUID | None,
     new_conversation_id: UUID | None,
+    source: Conversation.Source,
 ) -> SendResult:
     _check_message_rate(actor)
     text = _validate_text(text)
@@ -283,7 +292,8 @@ def _message_send(
         screening = message_screen(actor=actor, text=text)
     except GuardrailRefused as exc:
         refusal_record(actor=actor, refusal=exc, conversation_id=conversation_id)
-        metrics.refusal(reason="guardrail", kind=_GUARDRAIL_KINDS.get(str(exc.action), "other"))
+        kind = _GUARDRAIL_KINDS.get(str(exc.action), "other")
+        metrics.refusal(reason="guardrail", kind=kind, source=source)
         raise ChatError("guardrail_blocked", exc.message) from None
 
     try:
@@ -294,6 +304,7 @@ def _message_send(
             screening=screening,
             conversation_id=conversation_id,
             new_conversation_id=new_conversation_id,
+            source=source,
         )
         return replace(result, notice=redaction_notice(screening))
     except ChatError as exc:
@@ -404,6 +415,7 @@ def _message_store(
     conversation_id: UUID | None,
     new_conversation_id: UUID | None,
     screening: Screening | None = None,
+    source: str = Conversation.Source.WEB,
 ) -> SendResult:
     request_id = audit_context.current().request_id or audit_context.new_request_id()
     input_budget_tokens = input_budget(
@@ -418,6 +430,7 @@ def _message_store(
             owner=actor,
             title=title_from_text(text),
             model=model.key,
+            source=source,
         )
     else:
         owned = (
@@ -480,6 +493,7 @@ def _message_store(
             "model": model.key,
             "characters": len(text),
             "new_conversation": created,
+            "source": str(source),
             **({"budget_alerts": alerts} if alerts else {}),
         },
     )

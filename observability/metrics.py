@@ -100,7 +100,7 @@ REFUSALS = Counter(
     "eai_refusals_total",
     "Requests refused by governance, by reason (rate_limit, budget, guardrail, "
     "model_not_allowed, context_window), kind (the guardrail: pii, injection; else empty) "
-    "and entry point (source: web).",
+    "and entry point (source: web, api, openai).",
     ["reason", "kind", "source"],
 )
 
