@@ -4,7 +4,8 @@ Separation of duties: administrators manage people and groups, but only a superu
 grant or remove the Compliance officer and Administrator roles, make someone a superuser,
 give permissions directly, or change a role's permissions — otherwise an administrator
 could make themselves a compliance officer and read transcripts. People are deactivated,
-never deleted: their audit history and conversations must stay attributable.
+never deleted: their audit history and conversations must stay attributable. API keys
+are likewise revoked, never deleted.
 """
 
 from __future__ import annotations
@@ -18,10 +19,13 @@ from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
 
-from accounts.models import User
+from accounts.api_keys import api_key_create, api_key_revoke, scopes_validate
+from accounts.models import ApiKey, User
 from accounts.roles import ADMINISTRATOR, COMPLIANCE_OFFICER, ROLES
 from accounts.services import lockout_clear, sessions_end_by_administrator
+from audit.console import AuditedAdminMixin
 from audit.legal_hold import legal_hold_actions
 
 PROTECTED_ROLES = (COMPLIANCE_OFFICER, ADMINISTRATOR)
@@ -34,7 +38,7 @@ def _protected_role_change(before: set[str], after: set[str]) -> set[str]:
 @admin.register(User)
 class UserAdmin(DjangoUserAdmin):
     list_display = ("username", "email", "first_name", "last_name", "is_active", "legal_hold")
-    list_filter = ("is_active", "is_superuser", "legal_hold", "groups")
+    list_filter = ("is_active", "is_service_account", "is_superuser", "legal_hold", "groups")
     readonly_fields = (
         "public_id", "last_login", "date_joined", "legal_hold", "legal_hold_since",
     )  # fmt: skip
@@ -44,9 +48,16 @@ class UserAdmin(DjangoUserAdmin):
         (
             "Access",
             {
-                "fields": ("is_active", "groups", "is_superuser", "user_permissions"),
+                "fields": (
+                    "is_active",
+                    "is_service_account",
+                    "groups",
+                    "is_superuser",
+                    "user_permissions",
+                ),
                 "description": "Roles are groups: Staff, Compliance officer, Administrator. "
-                "Deactivate people instead of deleting them.",
+                "Deactivate people instead of deleting them. A service account cannot sign "
+                "in; it acts through API keys and spends its department's (group's) budget.",
             },
         ),
         ("Dates", {"fields": ("last_login", "date_joined")}),
@@ -140,3 +151,117 @@ class GroupAdmin(DjangoGroupAdmin):
         if obj is not None and obj.name in ROLES:
             return False  # the roles are part of the product, for everyone
         return super().has_delete_permission(request, obj)
+
+
+class ApiKeyAdminForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = (
+            "owner", "name", "scopes", "expires_at", "rate_limit_per_minute", "budget_limit",
+            "budget_period",
+        )  # fmt: skip
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(AuditedAdminMixin, admin.ModelAdmin):  # type: ignore[misc]
+    """Every key, for administrators (compliance officers read). Keys are created through
+    api_key_create (the key is shown once, on the page after saving) and revoked through
+    api_key_revoke, never deleted; the secret's hash is never shown."""
+
+    form = ApiKeyAdminForm
+    list_display = (
+        "name", "prefix", "owner", "scope_list", "created_at", "expires_at", "last_used_at",
+        "revoked_at",
+    )  # fmt: skip
+    list_filter = (
+        ("revoked_at", admin.EmptyFieldListFilter),
+        ("expires_at", admin.EmptyFieldListFilter),
+        "owner__is_service_account",
+        "created_at",
+    )
+    search_fields = ("prefix", "name", "owner__username", "owner__email")
+    list_select_related = ("owner",)
+    actions = ["revoke_selected"]
+    readonly_fields = (
+        "public_id", "prefix", "created_at", "created_by", "revoked_at", "revoked_by",
+        "last_used_at", "last_used_ip",
+    )  # fmt: skip
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = list(ApiKeyAdminForm.Meta.fields)
+        if obj is None:
+            return fields
+        return [*fields, *self.readonly_fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        if obj is None:
+            return ()
+        return ("owner", *self.readonly_fields)
+
+    @admin.display(description="Scopes")
+    def scope_list(self, obj: ApiKey) -> str:
+        return " ".join(obj.scopes or [])
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # revoked, never deleted: the audit trail refers to them
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if obj is not None and obj.revoked_at is not None:
+            return False
+        return super().has_change_permission(request, obj)
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("accounts.change_apikey")
+
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        if change:
+            obj.scopes = scopes_validate(obj.scopes)
+            super().save_model(request, obj, form, change)
+            return
+        key, raw = api_key_create(
+            owner=obj.owner,
+            name=obj.name,
+            scopes=list(obj.scopes),
+            expires_at=obj.expires_at,
+            actor=request.user,
+            rate_limit_per_minute=obj.rate_limit_per_minute,
+            budget_limit=obj.budget_limit,
+            budget_period=obj.budget_period,
+            via="console",
+        )
+        for field in ApiKey._meta.concrete_fields:
+            setattr(obj, field.attname, getattr(key, field.attname))
+        obj._state.adding = False
+        # On the request, not on this admin: one admin instance serves every request.
+        request._api_key_created = raw  # type: ignore[attr-defined]
+
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> Any:
+        # api_key_create recorded api_key.created; Django's admin log still gets its entry.
+        return admin.ModelAdmin.log_addition(self, request, obj, message)
+
+    def response_add(self, request: HttpRequest, obj: Any, post_url_continue: Any = None) -> Any:
+        raw = getattr(request, "_api_key_created", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        # Rendered, not redirected with a message: messages may travel in a cookie.
+        response = TemplateResponse(
+            request,
+            "admin/accounts/apikey/created.html",
+            {**self.admin_site.each_context(request), "key": obj, "raw": raw,
+             "opts": self.opts, "title": "API key created"},
+        )  # fmt: skip
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @admin.action(description="Revoke selected keys", permissions=["revoke"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = 0
+        for key in queryset.select_related("owner"):
+            if key.revoked_at is None:
+                api_key_revoke(key=key, actor=request.user)
+                revoked += 1
+        self.message_user(request, f"Revoked {revoked} API keys.", messages.SUCCESS)

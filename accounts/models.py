@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
 from django.contrib.sessions.base_session import AbstractBaseSession
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.db.models.functions import Lower
 
@@ -23,6 +26,15 @@ class User(AbstractUser):
         "retention rules say.",
     )
     legal_hold_since = models.DateTimeField(null=True, blank=True, editable=False)
+    # A service account is a User so that keys acting for it get the same model access,
+    # budgets (its department is its first non-role group, as costs.services.department_of
+    # finds it), guardrails and audit identity as a person. It never signs in interactively:
+    # the sign-in form refuses it (accounts/forms.py); it acts only through its API keys.
+    is_service_account = models.BooleanField(
+        default=False,
+        help_text="A service account acts only through API keys and cannot sign in. Put it "
+        "in one department (group) so its keys spend that department's budget.",
+    )
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -78,3 +90,94 @@ class UserSession(AbstractBaseSession):
         from accounts.session_store import SessionStore
 
         return SessionStore
+
+
+class ApiKey(models.Model):
+    """A key an integrator uses to call the API as its owner (a person or a service account).
+
+    The key is `eai_<prefix8>_<secret>`: `prefix` (`eai_<prefix8>`) is stored in clear, unique
+    and indexed, and identifies the key in lists and logs; only a hash of the whole key is kept
+    (accounts/api_keys.py). The key is shown once, when it is created. Writes go through
+    accounts/api_keys.py, which audits them.
+
+    `rate_limit_per_minute` and the per-key budget (`budget_limit` per `budget_period`) are
+    stored now and enforced by the API's admission when the API lands; the owner's own
+    budgets and model access apply to every call in any case.
+    """
+
+    class Scope(models.TextChoices):
+        CHAT = "chat", "Chat with approved models"
+        CONVERSATIONS_READ = "conversations:read", "Read the owner's conversations"
+        CONVERSATIONS_WRITE = "conversations:write", "Create, rename and delete conversations"
+        MODELS_READ = "models:read", "List the models the owner may use"
+        USAGE_READ = "usage:read", "Read the owner's usage and spend"
+
+    class BudgetPeriod(models.TextChoices):
+        DAY = "day", "Day"
+        MONTH = "month", "Month"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    owner = models.ForeignKey(User, on_delete=models.PROTECT, related_name="api_keys")
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.PROTECT, related_name="+", editable=False
+    )
+    # When the key's expiry was first recorded in the audit trail (on its first use after).
+    expiry_recorded_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_used_ip = models.GenericIPAddressField(null=True, blank=True, editable=False)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Requests per minute for this key (enforced by the API); empty: the default.",
+    )
+    budget_limit = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(Decimal("0"))],
+        help_text="Spend limit for this key per budget period (enforced by the API), on top "
+        "of the owner's budgets; empty: none.",
+    )
+    budget_period = models.CharField(
+        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+    )
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"], name="accounts_apikey_owner_idx"),
+            models.Index(fields=["-created_at"], name="accounts_apikey_created_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def clean(self) -> None:
+        allowed = set(self.Scope.values)
+        if not isinstance(self.scopes, list) or not self.scopes:
+            raise ValidationError({"scopes": "Choose at least one scope."})
+        unknown = [scope for scope in self.scopes if scope not in allowed]
+        if unknown:
+            raise ValidationError({"scopes": f"Unknown scopes: {', '.join(map(str, unknown))}."})
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def is_expired(self, now: Any = None) -> bool:
+        from django.utils import timezone
+
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())

@@ -2,10 +2,10 @@
 
 * **Staff** — everyone who chats. No console access.
 * **Compliance officer** — reads the audit trail, transcripts (each opening audited),
-  people, models, prices, budgets and spend; exports and verifies the audit trail; places and
-  releases legal holds. Changes nothing else.
+  people, API keys, models, prices, budgets and spend; exports and verifies the audit trail;
+  places and releases legal holds. Changes nothing else.
 * **Administrator** — manages people, groups, the model catalogue, prices, budgets and the
-  guardrail policy (compliance officers read it); reads
+  guardrail policy (compliance officers read it); issues and revokes API keys; reads
   spend; unlocks locked-out accounts; reads the audit trail. Cannot read transcripts, export
   the audit trail or alter it (nobody can alter it).
 
@@ -27,6 +27,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "accounts.access_console",
         "accounts.view_user",
         "accounts.manage_legal_hold",
+        "accounts.view_apikey",
         "auth.view_group",
         "conversations.view_conversation",
         "conversations.view_message",
@@ -49,6 +50,9 @@ ROLES: dict[str, tuple[str, ...]] = {
         "accounts.view_user",
         "accounts.add_user",
         "accounts.change_user",
+        "accounts.view_apikey",
+        "accounts.add_apikey",
+        "accounts.change_apikey",
         "auth.view_group",
         "auth.add_group",
         "auth.change_group",

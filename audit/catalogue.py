@@ -54,6 +54,11 @@ class AuditAction(models.TextChoices):
     PII_BLOCKED = "guardrail.pii_blocked", "Message refused: personal data or secrets"
     INJECTION_FLAGGED = "guardrail.injection_flagged", "Possible prompt injection flagged"
     INJECTION_BLOCKED = "guardrail.injection_blocked", "Prompt injection refused or withheld"
+    # API keys
+    API_KEY_CREATED = "api_key.created", "API key created"
+    API_KEY_REVOKED = "api_key.revoked", "API key revoked"
+    API_KEY_REFUSED = "api_key.refused", "API key refused"
+    API_KEY_EXPIRED = "api_key.expired", "API key expired"
     # Later features record through the same hook: add their actions here.
     TOOL_REFUSED = "tool.refused", "Tool call refused"
 
@@ -77,4 +82,5 @@ class TargetType(models.TextChoices):
     AUDIT_EVENT = "auditevent", "Audit event"
     AUDIT_TRAIL = "audit_trail", "Audit trail"
     SOCKET = "socket", "Chat socket"
+    API_KEY = "api_key", "API key"
     OTHER = "other", "Other"

@@ -4,6 +4,8 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, reverse_lazy
 
+from accounts import views as accounts_views
+from accounts.forms import SignInForm
 from accounts.login_limit import login_rate_limited
 from enterprise_ai import views
 
@@ -12,8 +14,18 @@ handler500 = "enterprise_ai.views.server_error"
 urlpatterns = [
     path(
         "accounts/login/",
-        login_rate_limited(auth_views.LoginView.as_view(redirect_authenticated_user=True)),
+        login_rate_limited(
+            auth_views.LoginView.as_view(
+                redirect_authenticated_user=True, authentication_form=SignInForm
+            )
+        ),
         name="login",
+    ),
+    path("accounts/api-keys/", accounts_views.api_keys, name="api_keys"),
+    path(
+        "accounts/api-keys/<uuid:public_id>/revoke/",
+        accounts_views.api_key_revoke_view,
+        name="api_key_revoke",
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     # Anyone signed in changes their own password here (old password required); every other
