@@ -98,6 +98,8 @@ INSTALLED_APPS = [
     "costs",
     "tools",
     "guardrails",
+    # The REST API under /api/v1/ (django-ninja), authenticated by API keys.
+    "api",
     # Metrics, health and readiness, the usage dashboard (docs/operations.md).
     "observability",
     "django_prometheus",

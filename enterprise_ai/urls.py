@@ -7,6 +7,7 @@ from django.urls import include, path, reverse_lazy
 from accounts import views as accounts_views
 from accounts.forms import SignInForm
 from accounts.login_limit import login_rate_limited
+from api import v1 as api_v1
 from enterprise_ai import views
 
 handler500 = "enterprise_ai.views.server_error"
@@ -46,6 +47,8 @@ urlpatterns = [
         name="password_change_done",
     ),
     path("admin/", admin.site.urls),
+    # The REST API (docs/api.md): API keys only, session cookies ignored.
+    path("api/v1/", api_v1.urls()),
     path(".well-known/security.txt", views.security_txt, name="security-txt"),
     path("", include("conversations.urls")),
 ]

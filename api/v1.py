@@ -1,0 +1,339 @@
+"""The REST API, version 1 (docs/api.md), built with django-ninja: pydantic schemas, an
+OpenAPI 3.1 document at /api/v1/openapi.json with a browsable page at /api/v1/docs, async
+views. Every view is an entry point and stays thin: it parses, calls one service or selector
+of the governance path, and shapes the answer.
+
+Authentication is `Authorization: Bearer <API key>` only. Session cookies are ignored (a
+browser's session never authorises an API call), so there is no CSRF to defend against.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, StreamingHttpResponse
+from ninja import NinjaAPI, Schema
+from ninja.security import HttpBearer
+from pydantic import Field, StrictBool, StrictStr
+
+from accounts.api_keys import api_key_authenticate
+from accounts.models import ApiKey, User
+from api import replies
+from api.errors import ApiError, install_handlers
+from audit import context as audit_context
+from conversations import selectors
+from conversations.models import Conversation, Message
+from costs.services import budget_status_for, format_amount
+from enterprise_ai.client_ip import client_ip
+from providers.registry import models_for_user
+
+api = NinjaAPI(
+    title="Enterprise AI",
+    version="1",
+    description="Approved models under the company's governance. See docs/api.md.",
+    urls_namespace="api-v1",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+install_handlers(api)
+
+
+# --- Authentication ---------------------------------------------------------------------------
+
+
+class ApiKeyAuth(HttpBearer):
+    """`Authorization: Bearer <key>`, checked for the scope the endpoint needs."""
+
+    def __init__(self, scope: str) -> None:
+        super().__init__()
+        self.scope = scope
+
+    async def __call__(self, request: HttpRequest) -> ApiKey:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(401, "missing_key", "Send an API key: Authorization: Bearer <key>.")
+        # The refusal's audit event names the caller's address, never a session's user.
+        with audit_context.bind(_context(request, actor=None)):
+            return await replies.db(api_key_authenticate)(
+                raw=token.strip(), ip=client_ip(request), scope=self.scope
+            )
+
+    def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
+        raise NotImplementedError  # __call__ does the work, asynchronously
+
+
+def _context(request: HttpRequest, *, actor: User | None) -> audit_context.AuditContext:
+    """Who and where for the audit trail: the key's owner, never a session's (nor is the
+    session read: it would be a synchronous query in an async view)."""
+    return audit_context.AuditContext(
+        actor=actor,
+        ip=client_ip(request),
+        user_agent=request.META.get("HTTP_USER_AGENT", "")[: audit_context.USER_AGENT_MAX],
+        request_id=getattr(request, "request_id", "") or audit_context.new_request_id(),
+    )
+
+
+def _owner(request: HttpRequest) -> User:
+    key: ApiKey = request.auth  # type: ignore[attr-defined]
+    return key.owner
+
+
+# --- Schemas ----------------------------------------------------------------------------------
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    error_id: str | None = None
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+class ModelOut(Schema):
+    id: str
+    display_name: str
+    provider: str
+    context_window: int
+    max_output_tokens: int
+
+
+class ModelsOut(Schema):
+    models: list[ModelOut]
+
+
+class ChatIn(Schema):
+    message: StrictStr = Field(description="The user's message.")
+    conversation_id: uuid.UUID | None = Field(None, description="Continue this conversation.")
+    model: StrictStr | None = Field(None, description="A model id from GET /models.")
+    stream: StrictBool = Field(False, description="Answer with Server-Sent Events.")
+
+
+class Usage(Schema):
+    input_tokens: int | None
+    output_tokens: int | None
+
+
+class ChatOut(Schema):
+    conversation_id: uuid.UUID
+    message_id: uuid.UUID
+    message: str
+    model: str
+    status: str
+    usage: Usage
+    cost: str | None = Field(description="A decimal string in `currency`.")
+    currency: str
+    cost_estimated: bool
+
+
+class ConversationOut(Schema):
+    id: uuid.UUID
+    title: str
+    source: str
+    updated_at: datetime
+
+
+class ConversationsOut(Schema):
+    conversations: list[ConversationOut]
+    next: uuid.UUID | None = Field(description="Pass as `before` for the next (older) page.")
+
+
+class MessageUsage(Usage):
+    cost: str | None
+    currency: str
+    estimated: bool
+
+
+class MessageOut(Schema):
+    id: uuid.UUID
+    role: str
+    content: str
+    status: str
+    model: str
+    created_at: datetime
+    usage: MessageUsage | None
+
+
+class ConversationDetailOut(ConversationOut):
+    messages: list[MessageOut]
+
+
+class BudgetOut(Schema):
+    name: str
+    period: str
+    spent: str
+    limit: str
+    remaining: str
+    currency: str
+    resets_at: datetime
+    blocking: bool
+
+
+class UsageOut(Schema):
+    budgets: list[BudgetOut]
+
+
+ERRORS: dict[int, Any] = {
+    status: ErrorOut for status in (400, 401, 402, 403, 404, 409, 413, 422, 429, 500, 503, 504)
+}
+
+
+# --- Endpoints --------------------------------------------------------------------------------
+
+
+@api.get(
+    "/models", response={200: ModelsOut, **ERRORS}, auth=ApiKeyAuth("models:read"), tags=["models"]
+)
+async def models_list(request: HttpRequest) -> dict[str, Any]:
+    """The models the key's owner may use."""
+    models = await replies.db(models_for_user)(_owner(request))
+    return {
+        "models": [
+            {
+                "id": model.key,
+                "display_name": model.display_name,
+                "provider": model.provider,
+                "context_window": model.context_window,
+                "max_output_tokens": model.max_output_tokens,
+            }
+            for model in models
+        ]
+    }
+
+
+@api.post("/chat", response={200: ChatOut, **ERRORS}, auth=ApiKeyAuth("chat"), tags=["chat"])
+async def chat(request: HttpRequest, payload: ChatIn) -> Any:
+    """Send a message and get the reply, whole or (`stream: true`) as Server-Sent Events:
+    `delta` {text} …, then `done` (this endpoint's JSON answer) or `error` {code, message}."""
+    owner = _owner(request)
+    with audit_context.bind(_context(request, actor=owner)):
+        turn = await replies.turn_start(
+            owner=owner,
+            text=payload.message,
+            model_key=payload.model,
+            conversation_id=payload.conversation_id,
+        )
+        if payload.stream:
+            response = StreamingHttpResponse(
+                replies.turn_stream(turn), content_type="text/event-stream"
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+            return response
+        return await replies.turn_wait(turn)
+
+
+@api.get(
+    "/conversations",
+    response={200: ConversationsOut, **ERRORS},
+    auth=ApiKeyAuth("conversations:read"),
+    tags=["conversations"],
+)
+async def conversations_list(request: HttpRequest, before: uuid.UUID | None = None) -> Any:
+    """The owner's conversations from every entry point, most recently active first; pass
+    `next` as `before` for the next page."""
+    owner = _owner(request)
+    with audit_context.bind(_context(request, actor=owner)):
+        return await replies.db(_conversation_page)(owner, before)
+
+
+def _conversation_page(owner: User, before: uuid.UUID | None) -> dict[str, Any]:
+    page = selectors.conversation_list(
+        user=owner, before=before, sources=tuple(Conversation.Source.values)
+    )
+    # The selector loads only what the chat list shows; the sources in one more query.
+    sources = dict(
+        Conversation.objects.filter(pk__in=[c.pk for c in page.conversations]).values_list(
+            "pk", "source"
+        )
+    )
+    return {
+        "conversations": [
+            {
+                "id": c.public_id,
+                "title": c.title,
+                "source": sources.get(c.pk, ""),
+                "updated_at": c.updated_at,
+            }
+            for c in page.conversations
+        ],
+        "next": page.next_before,
+    }
+
+
+@api.get(
+    "/conversations/{conversation_id}",
+    response={200: ConversationDetailOut, **ERRORS},
+    auth=ApiKeyAuth("conversations:read"),
+    tags=["conversations"],
+)
+async def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) -> Any:
+    """A conversation of the owner's with its messages. Another person's (or none): 404, and
+    the attempt is in the audit trail."""
+    owner = _owner(request)
+    with audit_context.bind(_context(request, actor=owner)):
+        return await replies.db(_conversation_detail)(owner, conversation_id)
+
+
+def _conversation_detail(owner: User, conversation_id: uuid.UUID) -> dict[str, Any]:
+    conversation = selectors.conversation_get_owned(user=owner, public_id=conversation_id)
+    messages = []
+    for message in selectors.message_list(conversation=conversation):
+        finished_reply = message.role == Message.Role.ASSISTANT and message.status in (
+            Message.Status.COMPLETE,
+            Message.Status.CANCELLED,
+        )
+        messages.append(
+            {
+                "id": message.public_id,
+                "role": message.role,
+                "content": message.content,
+                "status": message.status,
+                "model": message.model,
+                "created_at": message.created_at,
+                "usage": selectors.reply_usage(message) if finished_reply else None,
+            }
+        )
+    return {
+        "id": conversation.public_id,
+        "title": conversation.title,
+        "source": conversation.source,
+        "updated_at": conversation.updated_at,
+        "messages": messages,
+    }
+
+
+@api.get(
+    "/usage", response={200: UsageOut, **ERRORS}, auth=ApiKeyAuth("usage:read"), tags=["usage"]
+)
+async def usage(request: HttpRequest) -> Any:
+    """The owner's budgets in the current period: spent, limit, what is left, when it resets."""
+    statuses = await replies.db(budget_status_for)(_owner(request))
+    return {
+        "budgets": [
+            {
+                "name": status.name,
+                "period": status.period,
+                "spent": format_amount(status.spent),
+                "limit": format_amount(status.limit),
+                "remaining": format_amount(status.remaining),
+                "currency": settings.COSTS_CURRENCY,
+                "resets_at": status.resets_at,
+                "blocking": status.blocking,
+            }
+            for status in statuses
+        ]
+    }
+
+
+def urls() -> tuple[list[Any], str, str]:
+    """The API's URL patterns, open to requests without a session (LoginRequiredMiddleware):
+    every endpoint authenticates by API key itself, and the schema and docs are public."""
+    patterns, app_name, namespace = api.urls
+    for pattern in patterns:
+        pattern.callback.login_required = False  # type: ignore[union-attr]
+    return patterns, app_name, namespace
