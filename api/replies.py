@@ -52,12 +52,17 @@ class Turn:
 
 
 async def turn_start(
-    *, owner: User, text: str, model_key: str | None, conversation_id: uuid.UUID | None
+    *,
+    owner: User,
+    text: str,
+    model_key: str | None,
+    conversation_id: uuid.UUID | None,
+    source: str = Conversation.Source.API,
 ) -> Turn:
     """Join the conversation's group, then send the message (so no delta is missed).
 
     Raises ChatError from admission (nothing stored then) and ApiError when no model is
-    available to the owner.
+    available to the owner. `source` names the entry point (api, openai).
     """
     if model_key is None:
         model_key = await db(_default_model_key)(owner)
@@ -75,7 +80,7 @@ async def turn_start(
     await layer.group_add(group, channel)
     try:
         result = await db(services.message_send)(
-            actor=owner, text=text, model_key=model_key, source=Conversation.Source.API, **kwargs
+            actor=owner, text=text, model_key=model_key, source=source, **kwargs
         )
     except BaseException:
         await layer.group_discard(group, channel)
@@ -165,6 +170,7 @@ def turn_result(turn: Turn) -> dict[str, Any]:
         "message": reply.content,
         "model": reply.model,
         "status": reply.status,
+        "stop_reason": reply.stop_reason,
         "usage": {
             "input_tokens": usage["input_tokens"],
             "output_tokens": usage["output_tokens"],

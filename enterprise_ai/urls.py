@@ -49,6 +49,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # The REST API (docs/api.md): API keys only, session cookies ignored.
     path("api/v1/", api_v1.urls()),
+    # The OpenAI-compatible endpoint (docs/api.md): API keys only, in OpenAI's shapes.
+    path("v1/", include("api.openai", namespace="openai-v1")),
     path(".well-known/security.txt", views.security_txt, name="security-txt"),
     path("", include("conversations.urls")),
 ]

@@ -1,0 +1,298 @@
+"""The OpenAI-compatible endpoint with the official `openai` SDK, unchanged, against a real
+server (daphne in a subprocess, as api/tests/test_rest.py): the completions, the stream, the
+models, and the SDK's own exception for every refusal of the governance path. A loopback
+OpenAI double stands in for an upstream model where the test needs to see what the provider
+received."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.types.chat import ChatCompletionMessageParam
+
+from providers.testing.openai_server import OpenAIDouble
+from tests.e2e.conftest import RestartableServer
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES_PER_MINUTE = 15
+CARD = "4111 1111 1111 1111"
+
+SETUP = """
+import json
+from datetime import timedelta
+from decimal import Decimal
+from django.utils import timezone
+from accounts.api_keys import api_key_create, api_key_revoke
+from accounts.models import ApiKey, User
+from costs.models import Budget, ModelPrice
+from providers.models import AIModel
+
+people = {name: User.objects.create_user(username=name, email=f"{name}@example.com",
+                                         password="x-pw-1")
+          for name in ("alice", "dave", "erin")}
+scopes = ["chat", "models:read"]
+keys = {name: api_key_create(owner=user, name="sdk", scopes=scopes, actor=None)[1]
+        for name, user in people.items()}
+_, keys["read_only"] = api_key_create(owner=people["alice"], name="read", scopes=["models:read"],
+                                      actor=None)
+revoked, keys["revoked"] = api_key_create(owner=people["alice"], name="gone", scopes=scopes,
+                                          actor=None)
+api_key_revoke(key=revoked, actor=people["alice"])
+expired, keys["expired"] = api_key_create(owner=people["alice"], name="old", scopes=scopes,
+                                          actor=None)
+ApiKey.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+AIModel.objects.create(key="restricted", display_name="Restricted", provider="demo",
+                       provider_model_id="demo-1", available_to_everyone=False)
+AIModel.objects.create(key="slow-demo", display_name="Slow demo", provider="demo",
+                       provider_model_id="demo-1", available_to_everyone=True,
+                       options={"tokens_per_second": 5})
+AIModel.objects.create(key="upstream", display_name="Upstream", provider="openai-compatible",
+                       provider_model_id="double-model", available_to_everyone=True,
+                       context_window=16384, max_output_tokens=2048,
+                       options={"base_url": UPSTREAM})
+ModelPrice.objects.create(model=AIModel.objects.get(key="demo"), input_per_million=Decimal("3"),
+                          output_per_million=Decimal("15"),
+                          effective_from=timezone.now() - timedelta(days=1))
+Budget.objects.create(name="Erin's pilot", scope="user", user=people["erin"], period="monthly",
+                      limit_amount=Decimal("0"))
+print(json.dumps(keys))
+"""
+
+
+@dataclass(frozen=True)
+class Site:
+    server: RestartableServer
+    keys: dict[str, str]
+    upstream: OpenAIDouble
+
+    def client(self, key: str = "alice") -> openai.OpenAI:
+        return openai.OpenAI(
+            base_url=f"{self.server.base_url}/v1",
+            api_key=self.keys.get(key, key),
+            max_retries=0,
+            timeout=30,
+        )
+
+    def python(self, code: str) -> str:
+        return self.server.manage("shell", "-c", code).strip().splitlines()[-1]
+
+    @contextmanager
+    def policy(self, **fields: str) -> Iterator[None]:
+        """The guardrail policy with `fields` set, as it was afterwards."""
+        names = json.dumps(list(fields))
+        before = self.python(
+            "import json; from guardrails.models import GuardrailPolicy; p = "
+            f"GuardrailPolicy.current(); print(json.dumps({{n: getattr(p, n) for n in {names}}}))"
+        )
+        self._set_policy(fields)
+        try:
+            yield
+        finally:
+            self._set_policy(json.loads(before))
+
+    def _set_policy(self, fields: dict[str, str]) -> None:
+        self.python(
+            "from guardrails.models import GuardrailPolicy; p = GuardrailPolicy.current()\n"
+            f"for n, v in {fields!r}.items(): setattr(p, n, v)\n"
+            "p.full_clean(); p.save(); print('ok')"
+        )
+
+    def stored_reply(self, completion_id: str) -> tuple[str, str]:
+        """(content, conversation source) of the reply a completion id names."""
+        public_id = uuid.UUID(completion_id.removeprefix("chatcmpl-"))
+        content, source = json.loads(
+            self.python(
+                "import json; from conversations.models import Message; m = Message.objects"
+                f".select_related('conversation').get(public_id='{public_id}'); "
+                "print(json.dumps([m.content, m.conversation.source]))"
+            )
+        )
+        return content, source
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    data_dir: Path = tmp_path_factory.mktemp("openai-api")
+    with OpenAIDouble() as upstream:
+        server = RestartableServer(
+            data_dir,
+            {
+                "DEMO_FIRST_TOKEN_DELAY_MS": "0",
+                "DEMO_TOKENS_PER_SECOND": "400",
+                "CHAT_MESSAGES_PER_MINUTE": str(MESSAGES_PER_MINUTE),
+            },
+        )
+        setup = f"UPSTREAM = {upstream.base_url!r}\n{SETUP}"
+        keys = json.loads(server.manage("shell", "-c", setup).strip().splitlines()[-1])
+        server.start()
+        try:
+            yield Site(server, keys, upstream)
+        finally:
+            server.stop()
+
+
+def ask(text: str = "Hello from the SDK") -> list[ChatCompletionMessageParam]:
+    return [{"role": "user", "content": text}]
+
+
+# --- Completions ------------------------------------------------------------------------------
+
+
+def test_a_completion_returns_the_stored_reply_and_its_usage(site: Site) -> None:
+    completion = site.client().chat.completions.create(
+        model="demo", messages=ask(), max_tokens=200, temperature=0.2, user="script-7"
+    )
+    assert completion.object == "chat.completion"
+    assert completion.id.startswith("chatcmpl-")
+    assert completion.model == "demo"
+    (choice,) = completion.choices
+    assert choice.message.role == "assistant"
+    assert choice.message.content and choice.message.content.strip()
+    assert choice.finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
+    assert completion.usage.total_tokens == (
+        completion.usage.prompt_tokens + completion.usage.completion_tokens
+    )
+    assert site.stored_reply(completion.id) == (choice.message.content, "openai")
+
+
+def test_a_stream_yields_the_stored_reply_then_the_usage(site: Site) -> None:
+    stream = site.client().chat.completions.create(
+        model="demo",
+        messages=ask("Stream this, please"),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens > 0
+    assert {c.id for c in chunks} == {chunks[0].id}
+    assert site.stored_reply(chunks[0].id) == (text, "openai")
+
+
+def test_a_stream_without_include_usage_has_no_usage_chunk(site: Site) -> None:
+    chunks = list(site.client().chat.completions.create(model="demo", messages=ask(), stream=True))
+    assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_a_client_that_closes_the_stream_stops_the_reply(site: Site) -> None:
+    stream = site.client().chat.completions.create(
+        model="slow-demo", messages=ask("Go slowly"), stream=True
+    )
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    stream.close()  # the client goes away after the first piece of text
+    query = (
+        "from conversations.models import Message; m = Message.objects.get("
+        f"public_id='{uuid.UUID(chunk.id.removeprefix('chatcmpl-'))}'); "
+        "print(m.status, m.stop_reason or '-')"
+    )
+    deadline = time.monotonic() + 15
+    while (outcome := site.python(query).split())[0] in {"pending", "streaming"}:
+        assert time.monotonic() < deadline, outcome
+        time.sleep(0.5)
+    assert outcome == ["cancelled", "stopped"]
+
+
+def test_models_lists_only_the_models_the_owner_may_use(site: Site) -> None:
+    page = site.client("read_only").models.list()
+    ids = {model.id for model in page.data}
+    assert {"demo", "upstream"} <= ids and "restricted" not in ids
+    demo = next(model for model in page.data if model.id == "demo")
+    assert demo.object == "model" and demo.owned_by == "demo" and demo.created > 0
+
+
+# --- Refusals, as the SDK's exceptions ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["eai_nope_not_a_key", "revoked", "expired"])
+def test_a_bad_revoked_or_expired_key_is_an_authentication_error(site: Site, key: str) -> None:
+    with pytest.raises(openai.AuthenticationError) as caught:
+        site.client(key).chat.completions.create(model="demo", messages=ask())
+    assert caught.value.status_code == 401 and caught.value.code == "invalid_api_key"
+
+
+def test_a_key_without_the_chat_scope_is_a_permission_error(site: Site) -> None:
+    with pytest.raises(openai.PermissionDeniedError):
+        site.client("read_only").chat.completions.create(model="demo", messages=ask())
+
+
+def test_a_model_the_key_may_not_use_is_not_found(site: Site) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        site.client().chat.completions.create(model="restricted", messages=ask())
+    assert caught.value.code == "model_not_found"
+
+
+def test_too_many_messages_is_a_rate_limit_error(site: Site) -> None:
+    client = site.client("dave")
+    for _ in range(MESSAGES_PER_MINUTE):  # refused ones count as well
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model="no-such-model", messages=ask())
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="demo", messages=ask())
+    assert caught.value.code == "rate_limit_exceeded"
+    assert 0 < int(caught.value.response.headers["Retry-After"]) <= 60
+
+
+def test_a_budget_refusal_is_a_rate_limit_error_naming_the_budget(site: Site) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        site.client("erin").chat.completions.create(model="demo", messages=ask("Plan a launch"))
+    assert caught.value.type == "insufficient_quota"
+    assert "Erin's pilot" in caught.value.message
+
+
+def test_a_guardrail_block_is_a_bad_request(site: Site) -> None:
+    with site.policy(dlp_mode="block"), pytest.raises(openai.BadRequestError) as caught:
+        site.client().chat.completions.create(model="demo", messages=ask(f"My card is {CARD}."))
+    assert caught.value.code == "guardrail_blocked"
+    assert "card" in caught.value.message
+
+
+def test_invalid_parameters_are_bad_requests(site: Site) -> None:
+    client = site.client()
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    bad: list[dict[str, Any]] = [
+        {"max_tokens": 0},
+        {"temperature": 3},
+        {"tools": [tool]},
+        {"messages": [{"role": "assistant", "content": "I speak last"}]},
+    ]
+    for extra in bad:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(**{"model": "demo", "messages": ask(), **extra})
+        assert caught.value.type == "invalid_request_error", extra
+
+
+# --- Guardrails see every word the provider sees ------------------------------------------------
+
+
+def test_redaction_applies_to_every_message_the_provider_receives(site: Site) -> None:
+    site.upstream.reset()
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": f"The customer's card is {CARD}."},
+        {"role": "user", "content": "Summarise the customer's details."},
+    ]
+    with site.policy(dlp_mode="redact"):
+        completion = site.client().chat.completions.create(model="upstream", messages=messages)
+    assert completion.choices[0].message.content
+    (request,) = site.upstream.model_requests()
+    sent = json.dumps(request.body)
+    assert "[CARD_1]" in sent and CARD not in sent
+    assert "Summarise the customer's details." in sent
