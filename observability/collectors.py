@@ -43,7 +43,7 @@ def replies_in_flight() -> Iterator[Metric]:
     )
     counts = dict(
         Message.objects.filter(status__in=[Message.Status.PENDING, Message.Status.STREAMING])
-        .values_list("status")
+        .values("status")
         .annotate(n=Count("id"))
         .values_list("status", "n")
     )

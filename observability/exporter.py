@@ -9,27 +9,16 @@ as /metrics (observability/views.py). Started when the worker is ready.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from django.conf import settings
-from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 
-from observability.views import scrape_allowed
+from observability.views import every_process, scrape_allowed
 
 logger = logging.getLogger(__name__)
-
-
-def _registry() -> CollectorRegistry:
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if not directory:
-        return REGISTRY
-    combined = CollectorRegistry()
-    multiprocess.MultiProcessCollector(combined)
-    return combined
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -45,7 +34,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(403, b'{"error":"metrics_forbidden"}', "application/json")
             return
         encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        self._answer(200, encoder(_registry()), content_type)
+        self._answer(200, encoder(every_process()), content_type)
 
     def _answer(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)

@@ -71,15 +71,23 @@ def _forget_dead_processes(directory: str) -> None:
             pass
 
 
+def every_process() -> CollectorRegistry:
+    """The metrics counted in processes: every process's on this host when they share
+    PROMETHEUS_MULTIPROC_DIR, else this process's own (the default registry)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    combined = CollectorRegistry()
+    multiprocess.MultiProcessCollector(combined)
+    return combined
+
+
 def registry() -> CollectorRegistry:
-    """What one scrape reports: every process's metrics on this host (multiprocess mode)
-    or this process's (one process), plus the state read at scrape time."""
+    """What one scrape reports: `every_process()`, plus the state read at scrape time."""
     global _state_collector
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         _forget_dead_processes(directory)
-        combined = CollectorRegistry()
-        multiprocess.MultiProcessCollector(combined)
+        combined = every_process()
         combined.register(ProductStateCollector())
         return combined
     with _registered:
