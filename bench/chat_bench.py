@@ -47,7 +47,6 @@ import json
 import os
 import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -84,12 +83,16 @@ from bench.chat_support import (
     CountingConnection,
     CountingProxies,
     Service,
+    Stopped,
+    Store,
     Upstream,
     chat_turn,
     direct_calls,
     free_port,
     ms_summary,
+    on_sigterm,
     open_socket,
+    p50_p95,
     wait_for_port,
     worker_argv,
     worker_flags,
@@ -139,14 +142,6 @@ TARGET_OVERHEAD_MS = {1: 15, 10: 40, 50: 250}
 TARGET_BYTES_RATIO = 1.5
 TARGET_IDLE_RSS_MB = 200
 TODAY_QUERIES_PER_TURN = 55
-
-
-class Stopped(Exception):
-    """SIGTERM: unwind through the `finally` blocks that stop the processes."""
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    raise Stopped
 
 
 def prompt(name: str, tag: str) -> str:
@@ -269,67 +264,6 @@ def http_sign_in(base: str, username: str) -> tuple[str, float]:
     if "sessionid" not in cookies:
         raise RuntimeError("sign-in over HTTP failed")
     return cookies, time.perf_counter() - started
-
-
-# --- Reading what the product stored -----------------------------------------------------------
-
-
-class Store:
-    """Read-only look-ups in the product's database (PostgreSQL or SQLite), outside Django."""
-
-    def __init__(self, sqlite_path: Path | None = None) -> None:
-        self.sqlite_path = sqlite_path
-
-    def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        if self.sqlite_path is not None:
-            with sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=20) as db:
-                return list(db.execute(query.replace("%s", "?"), list(params)).fetchall())
-        with audit_bench.pg_connect(DB_NAME) as conn:
-            return list(conn.execute(query, list(params)).fetchall())
-
-    def unfinished_replies(self) -> int:
-        rows = self._rows(
-            "SELECT count(*) FROM conversations_message WHERE role = %s AND status IN (%s, %s)",
-            ("assistant", "pending", "streaming"),
-        )
-        return int(rows[0][0])
-
-    def replies(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """public id (hex, no dashes) → (status, content)."""
-        found: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(ids), 200):
-            chunk = [i.replace("-", "") for i in ids[start : start + 200]]
-            if self.sqlite_path is None:
-                rows = self._rows(
-                    "SELECT replace(public_id::text, '-', ''), status, content "
-                    "FROM conversations_message WHERE replace(public_id::text, '-', '') = "
-                    "ANY(%s)",
-                    (chunk,),
-                )
-            else:
-                marks = ",".join("?" for _ in chunk)  # placeholders only, never values
-                query = "SELECT replace(public_id, '-', ''), status, content FROM "
-                query += f"conversations_message WHERE replace(public_id, '-', '') IN ({marks})"
-                rows = self._rows(query, chunk)
-            found.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
-        return found
-
-    def audit_count(self, action: str, usernames: Sequence[str], since: datetime) -> int:
-        rows = self._rows(
-            "SELECT count(*) FROM audit_auditevent e JOIN accounts_user u ON u.id = e.actor_id "
-            "WHERE e.action = %s AND e.occurred_at >= %s AND u.username = ANY(%s)",
-            (action, since, list(usernames)),
-        )
-        return int(rows[0][0])
-
-    def wait_quiet(self, timeout: float) -> int:
-        """Wait until no reply is pending or streaming; how many still are at the end."""
-        deadline = time.monotonic() + timeout
-        left = self.unfinished_replies()
-        while left and time.monotonic() < deadline:
-            time.sleep(0.5)
-            left = self.unfinished_replies()
-        return left
 
 
 # --- Watching the processes during a round -----------------------------------------------------
@@ -1007,12 +941,6 @@ def queries(db: dict[str, Any]) -> int:
     return turn_statements(db) - sum(db["kinds"].get(k, 0) for k in (*TRANSACTION_CONTROL, "CHECK"))
 
 
-def _pp(summary: dict[str, Any] | None) -> str:
-    if not summary or summary.get("p50_ms") is None:
-        return "—"
-    return f"{summary['p50_ms']:,.0f} ({summary['p95_ms']:,.0f})"
-
-
 def render_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     w = results["worker"]
@@ -1054,7 +982,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         def cell(row: dict[str, Any] | None) -> str:
             if row is None:
                 return "—"
-            text = f"{_pp(row['product']['ttft'])}"
+            text = f"{p50_p95(row['product']['ttft'])}"
             if row["overhead_p50_ms"] is not None:
                 text += f": {row['overhead_p50_ms']:+,.0f}"
             bad = row["product"]["chats"] - row["product"]["complete"]
@@ -1062,7 +990,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 text += f"; {bad} of {row['product']['chats']} incomplete"
             return text
 
-        lines.append(f"| {level} | {_pp(direct)} | {cell(p)} | {cell(e)} |")
+        lines.append(f"| {level} | {p50_p95(direct)} | {cell(p)} | {cell(e)} |")
     lines += [
         "",
         "## Each round",
@@ -1081,7 +1009,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {path} | {p['chats']} | {p['complete']} ({p['stored_complete']}) "
                 f"| {p['errors']} {p['error_kinds'] or ''} | {p['gaps']} "
-                f"| {p['accepted']['p50_ms'] or '—'} | {_pp(p['done'])} "
+                f"| {p['accepted']['p50_ms'] or '—'} | {p50_p95(p['done'])} "
                 f"| {p['wire_bytes_per_text_byte']}; {p['payload_bytes_per_text_byte']} "
                 f"| {rss.get('web', '—')} / {rss.get('worker', '—')} "
                 f"| {cpu.get('web', '—')} / {cpu.get('worker', '—')} "
@@ -1249,7 +1177,7 @@ def stopping(items: list[Any]) -> Iterator[list[Any]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, on_sigterm)
     import redis
 
     try:
@@ -1336,7 +1264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r"concurrency:.*", worker.log_since(worker.start_offset)
         )[:1]
         services = {"web": web, "worker": worker}
-        store = Store()
+        store = Store(database=DB_NAME)
         cookie, seconds = http_sign_in(base, "httpuser")
         results["http_sign_in_ms"] = round(seconds * 1000, 1)
         warm = warm_up(base, [("httpuser", cookie), *people[:2]], chat_timeout(3))
@@ -1359,9 +1287,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             offset += level
             results["production"].append(side_by_side(level, direct, product))
             log(
-                f"production {level}: direct {_pp(direct['ttft'])}, product "
-                f"{_pp(product['ttft'])} ms, complete {product['complete']}/{product['chats']}, "
-                f"errors {product['error_kinds']}, gaps {product['gaps']}, bytes/text "
+                f"production {level}: direct {p50_p95(direct['ttft'])}, product "
+                f"{p50_p95(product['ttft'])} ms, complete "
+                f"{product['complete']}/{product['chats']}, errors {product['error_kinds']}, "
+                f"gaps {product['gaps']}, bytes/text "
                 f"{product['wire_bytes_per_text_byte']}, RSS peak {product['rss_peak_mb']}"
             )
         results["upstream_stats_after_production"] = upstream.stats()
@@ -1452,9 +1381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             offset += level
             results["embedded"].append(side_by_side(level, direct, product))
             log(
-                f"embedded {level}: direct {_pp(direct['ttft'])}, product {_pp(product['ttft'])}"
-                f" ms, complete {product['complete']}/{product['chats']}, errors "
-                f"{product['error_kinds']}"
+                f"embedded {level}: direct {p50_p95(direct['ttft'])}, product "
+                f"{p50_p95(product['ttft'])} ms, complete "
+                f"{product['complete']}/{product['chats']}, errors {product['error_kinds']}"
             )
         results["upstream_stats_at_end"] = upstream.stats()
 

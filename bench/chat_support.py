@@ -1,5 +1,6 @@
-"""Helpers for the chat benchmark (bench/chat_bench.py): the loopback upstream, the product's
-processes, wire-counting proxies for PostgreSQL and Redis, and the two kinds of client.
+"""Helpers for the chat and API benchmarks (bench/chat_bench.py, bench/api_bench.py): the
+loopback upstream, the product's processes, read-only look-ups in its database, wire-counting
+proxies for PostgreSQL and Redis, and the socket and direct-upstream clients.
 
 Everything listens on and connects to 127.0.0.1 only. Nothing here imports Django: the
 benchmark's own process stays a plain client, so that its work never shares a lock or an
@@ -19,6 +20,7 @@ import re
 import shlex
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -27,13 +29,14 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from bench.audit_bench import percentile
+from bench.audit_bench import percentile, pg_connect
 
 ROOT = Path(__file__).resolve().parent.parent
 # The web client asks for the stored state of a reply silent this long (static/js/chat.js).
@@ -67,6 +70,83 @@ def ms_summary(seconds: Sequence[float]) -> dict[str, float | None]:
         "p95_ms": round(percentile(values, 95), 1),
         "max_ms": round(max(values), 1),
     }
+
+
+def p50_p95(summary: dict[str, Any] | None) -> str:
+    """An ms_summary as `p50 (p95)` in whole milliseconds; "—" when it is empty."""
+    if not summary or summary.get("p50_ms") is None:
+        return "—"
+    return f"{summary['p50_ms']:,.0f} ({summary['p95_ms']:,.0f})"
+
+
+class Stopped(Exception):
+    """SIGTERM: unwind through the `finally` blocks that stop the processes."""
+
+
+def on_sigterm(signum: int, frame: Any) -> None:
+    raise Stopped
+
+
+# --- Reading what the product stored -----------------------------------------------------------
+
+
+class Store:
+    """Read-only look-ups in the product's database (PostgreSQL or SQLite), outside Django."""
+
+    def __init__(self, sqlite_path: Path | None = None, *, database: str = "") -> None:
+        self.sqlite_path = sqlite_path
+        self.database = database  # PostgreSQL, when there is no SQLite path
+
+    def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        if self.sqlite_path is not None:
+            with sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=20) as db:
+                return list(db.execute(query.replace("%s", "?"), list(params)).fetchall())
+        with pg_connect(self.database) as conn:
+            return list(conn.execute(query, list(params)).fetchall())
+
+    def unfinished_replies(self) -> int:
+        rows = self._rows(
+            "SELECT count(*) FROM conversations_message WHERE role = %s AND status IN (%s, %s)",
+            ("assistant", "pending", "streaming"),
+        )
+        return int(rows[0][0])
+
+    def replies(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """public id (hex, no dashes) → (status, content)."""
+        found: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(ids), 200):
+            chunk = [i.replace("-", "") for i in ids[start : start + 200]]
+            if self.sqlite_path is None:
+                rows = self._rows(
+                    "SELECT replace(public_id::text, '-', ''), status, content "
+                    "FROM conversations_message WHERE replace(public_id::text, '-', '') = "
+                    "ANY(%s)",
+                    (chunk,),
+                )
+            else:
+                marks = ",".join("?" for _ in chunk)  # placeholders only, never values
+                query = "SELECT replace(public_id, '-', ''), status, content FROM "
+                query += f"conversations_message WHERE replace(public_id, '-', '') IN ({marks})"
+                rows = self._rows(query, chunk)
+            found.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
+        return found
+
+    def audit_count(self, action: str, usernames: Sequence[str], since: datetime) -> int:
+        rows = self._rows(
+            "SELECT count(*) FROM audit_auditevent e JOIN accounts_user u ON u.id = e.actor_id "
+            "WHERE e.action = %s AND e.occurred_at >= %s AND u.username = ANY(%s)",
+            (action, since, list(usernames)),
+        )
+        return int(rows[0][0])
+
+    def wait_quiet(self, timeout: float) -> int:
+        """Wait until no reply is pending or streaming; how many still are at the end."""
+        deadline = time.monotonic() + timeout
+        left = self.unfinished_replies()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)
+            left = self.unfinished_replies()
+        return left
 
 
 # --- The loopback upstream, in a process of its own ---------------------------------------------
