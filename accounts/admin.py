@@ -27,6 +27,7 @@ from accounts.roles import ADMINISTRATOR, COMPLIANCE_OFFICER, ROLES
 from accounts.services import lockout_clear, sessions_end_by_administrator
 from audit.console import AuditedAdminMixin
 from audit.legal_hold import legal_hold_actions
+from costs.models import Budget
 
 PROTECTED_ROLES = (COMPLIANCE_OFFICER, ADMINISTRATOR)
 
@@ -157,13 +158,24 @@ class ApiKeyAdminForm(forms.ModelForm):
     scopes = forms.MultipleChoiceField(
         choices=ApiKey.Scope.choices, widget=forms.CheckboxSelectMultiple
     )
+    # On creation only: the key's own budget (a costs.Budget with scope "API key", then
+    # managed under Budgets like every other).
+    budget_limit = forms.DecimalField(
+        required=False,
+        min_value=0,
+        max_digits=12,
+        decimal_places=2,
+        help_text="A spend limit of this key's own, on top of its owner's budgets; empty: none. "
+        "Afterwards it is managed under Costs › Budgets.",
+    )
+    # Not required: a key being changed does not show these (its budget is under Budgets).
+    budget_period = forms.ChoiceField(
+        choices=Budget.Period.choices, initial=Budget.Period.MONTHLY, required=False
+    )
 
     class Meta:
         model = ApiKey
-        fields = (
-            "owner", "name", "scopes", "expires_at", "rate_limit_per_minute", "budget_limit",
-            "budget_period",
-        )  # fmt: skip
+        fields = ("owner", "name", "scopes", "expires_at", "rate_limit_per_minute")
 
 
 @admin.register(ApiKey)
@@ -194,8 +206,9 @@ class ApiKeyAdmin(AuditedAdminMixin, admin.ModelAdmin):  # type: ignore[misc]
     def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         fields = list(ApiKeyAdminForm.Meta.fields)
         if obj is None:
-            return fields
+            return [*fields, "budget_limit", "budget_period"]
         return [*fields, *self.readonly_fields]
+
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
@@ -229,8 +242,8 @@ class ApiKeyAdmin(AuditedAdminMixin, admin.ModelAdmin):  # type: ignore[misc]
             expires_at=obj.expires_at,
             actor=request.user,
             rate_limit_per_minute=obj.rate_limit_per_minute,
-            budget_limit=obj.budget_limit,
-            budget_period=obj.budget_period,
+            budget_limit=form.cleaned_data.get("budget_limit"),
+            budget_period=form.cleaned_data.get("budget_period") or Budget.Period.MONTHLY,
             via="console",
         )
         for field in ApiKey._meta.concrete_fields:

@@ -20,8 +20,10 @@ import re
 import secrets
 import string
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.utils import timezone
@@ -30,6 +32,8 @@ from django.utils.crypto import constant_time_compare, salted_hmac
 from accounts.models import ApiKey, User
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.services import audit_record
+from costs.models import Budget
+from enterprise_ai import ratelimit
 
 KEY_PREFIX = "eai_"
 PREFIX_CHARS = 8
@@ -46,12 +50,14 @@ _KEY_RE = re.compile(r"^eai_([a-z0-9]{8})_([A-Za-z0-9_-]{20,100})$")
 
 class ApiKeyRefused(Exception):
     """A key was not accepted. `code` is one of: invalid_key, revoked_key, expired_key,
-    inactive_owner, scope_missing; `message` is safe to show to the caller."""
+    inactive_owner, scope_missing, rate_limited (with `retry_after` seconds); `message` is
+    safe to show to the caller."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 def _hash(raw: str) -> str:
@@ -97,8 +103,8 @@ def api_key_create(
     expires_at: datetime | None = None,
     actor: Any,
     rate_limit_per_minute: int | None = None,
-    budget_limit: Any = None,
-    budget_period: str = ApiKey.BudgetPeriod.MONTH,
+    budget_limit: Decimal | None = None,
+    budget_period: str = Budget.Period.MONTHLY,
     via: str = "",
 ) -> tuple[ApiKey, str]:
     """Create a key for `owner` and return it with its plaintext, which is not kept.
@@ -107,6 +113,10 @@ def api_key_create(
     owner or someone who may add API keys (the Administrator role) may create one. Raises
     PermissionDenied otherwise, ValidationError for an empty name, unknown or no scopes, an
     expiry in the past or an inactive owner.
+
+    `budget_limit` (per `budget_period`) gives the key a budget of its own (a costs.Budget
+    with scope "api_key", blocking), on top of the owner's budgets; it is then managed with
+    the other budgets in the console.
     """
     if actor is not None and actor.pk != owner.pk and not actor.has_perm("accounts.add_apikey"):
         raise PermissionDenied
@@ -119,6 +129,14 @@ def api_key_create(
         raise ValidationError("The expiry must be in the future.")
     if not owner.is_active:
         raise ValidationError("The owner's account is deactivated.")
+    if budget_limit is not None and (
+        not isinstance(budget_limit, Decimal | int) or budget_limit < 0
+    ):
+        raise ValidationError("A key's budget must be an amount of at least 0.")
+    if budget_period not in Budget.Period.values:
+        raise ValidationError(
+            f"Unknown budget period. Choose from {', '.join(Budget.Period.values)}."
+        )
     while True:
         prefix = KEY_PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(PREFIX_CHARS))
         if not ApiKey.objects.filter(prefix=prefix).exists():
@@ -133,8 +151,6 @@ def api_key_create(
         created_by=actor,
         expires_at=expires_at,
         rate_limit_per_minute=rate_limit_per_minute,
-        budget_limit=budget_limit,
-        budget_period=budget_period,
     )
     key.full_clean()
     key.save()
@@ -143,6 +159,22 @@ def api_key_create(
         "scopes": scopes,
         "expires_at": expires_at.isoformat() if expires_at else None,
     }
+    if rate_limit_per_minute is not None:
+        details["rate_limit_per_minute"] = rate_limit_per_minute
+    if budget_limit is not None:
+        budget = Budget.objects.create(
+            name=f"API key {key.prefix}",
+            scope=Budget.Scope.API_KEY,
+            api_key=key,
+            period=budget_period,
+            limit_amount=Decimal(budget_limit),
+            action=Budget.Action.BLOCK,
+        )
+        details["budget"] = {
+            "id": budget.pk,
+            "limit": str(budget.limit_amount),
+            "period": budget.period,
+        }
     if via:
         details["via"] = via
     audit_record(
@@ -171,7 +203,13 @@ def api_key_revoke(*, key: ApiKey, actor: Any) -> ApiKey:
 
 
 def _refuse(
-    code: str, message: str, *, key: ApiKey | None, prefix: str, details: dict[str, Any]
+    code: str,
+    message: str,
+    *,
+    key: ApiKey | None,
+    prefix: str,
+    details: dict[str, Any],
+    retry_after: int | None = None,
 ) -> ApiKeyRefused:
     # A refusal is recorded in its own transaction (the caller's, if any, is about to fail);
     # as a denial it is sampled per owner, or per address for unknown keys.
@@ -182,7 +220,7 @@ def _refuse(
         target=_target(key) if key is not None else None,
         details={"code": code, "prefix": prefix, **details},
     )
-    return ApiKeyRefused(code, message)
+    return ApiKeyRefused(code, message, retry_after=retry_after)
 
 
 def _record_expiry(key: ApiKey, now: datetime) -> None:
@@ -202,13 +240,41 @@ def _record_expiry(key: ApiKey, now: datetime) -> None:
             )
 
 
+def _check_key_rate(key: ApiKey) -> None:
+    """Count one request against the key's limit per minute (its own, or
+    API_KEY_REQUESTS_PER_MINUTE). Raises ApiKeyRefused("rate_limited") with the seconds
+    until the window ends; the first refusal of a window is audited, the rest are not."""
+    limit = key.rate_limit_per_minute or settings.API_KEY_REQUESTS_PER_MINUTE
+    if not limit:
+        return
+    decision = ratelimit.hit(f"api:key:{key.public_id}", limit=limit, window_seconds=60)
+    if decision.allowed:
+        return
+    message = (
+        f"This API key has made {limit} requests this minute, the most allowed. Try again "
+        f"in {decision.retry_after} second{'s' if decision.retry_after != 1 else ''}."
+    )
+    if decision.first_refusal:
+        raise _refuse(
+            "rate_limited",
+            message,
+            key=key,
+            prefix=key.prefix,
+            details={"limit": limit, "window_seconds": 60, "retry_after": decision.retry_after},
+            retry_after=decision.retry_after,
+        )
+    raise ApiKeyRefused("rate_limited", message, retry_after=decision.retry_after)
+
+
 def api_key_authenticate(*, raw: str, ip: str | None, scope: str) -> ApiKey:
     """The key `raw` stands for, if it may be used now for `scope`; its owner is `key.owner`.
 
     Raises ApiKeyRefused with code `invalid_key` (malformed, unknown prefix or wrong secret),
-    `revoked_key`, `expired_key`, `inactive_owner` or `scope_missing`. Each refusal is audited
-    (`api_key.refused`, sampled like every denial) with the key's prefix only, never the
-    secret. On success, `last_used_at` and `last_used_ip` are written at most once a minute.
+    `revoked_key`, `expired_key`, `inactive_owner`, `scope_missing` or `rate_limited` (every
+    accepted request counts against the key's limit per minute). Each refusal is audited
+    (`api_key.refused`, sampled like every denial; a rate limit once per window) with the
+    key's prefix only, never the secret. On success, `last_used_at` and `last_used_ip` are
+    written at most once a minute.
     """
     raw = (raw or "").strip()
     match = _KEY_RE.match(raw)
@@ -249,6 +315,7 @@ def api_key_authenticate(*, raw: str, ip: str | None, scope: str) -> ApiKey:
             prefix=prefix,
             details={"scope": scope[:64]},
         )
+    _check_key_rate(key)
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
         key.last_used_at = now
         key.last_used_ip = ip

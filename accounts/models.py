@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth.models import AbstractUser
@@ -100,9 +99,9 @@ class ApiKey(models.Model):
     (accounts/api_keys.py). The key is shown once, when it is created. Writes go through
     accounts/api_keys.py, which audits them.
 
-    `rate_limit_per_minute` and the per-key budget (`budget_limit` per `budget_period`) are
-    stored now and enforced by the API's admission when the API lands; the owner's own
-    budgets and model access apply to every call in any case.
+    `rate_limit_per_minute` replaces API_KEY_REQUESTS_PER_MINUTE for this key. A key's own
+    budgets are costs.Budget rows with scope "api_key"; the owner's budgets and model access
+    apply to every call in any case.
     """
 
     class Scope(models.TextChoices):
@@ -111,10 +110,6 @@ class ApiKey(models.Model):
         CONVERSATIONS_WRITE = "conversations:write", "Create, rename and delete conversations"
         MODELS_READ = "models:read", "List the models the owner may use"
         USAGE_READ = "usage:read", "Read the owner's usage and spend"
-
-    class BudgetPeriod(models.TextChoices):
-        DAY = "day", "Day"
-        MONTH = "month", "Month"
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     owner = models.ForeignKey(User, on_delete=models.PROTECT, related_name="api_keys")
@@ -139,19 +134,8 @@ class ApiKey(models.Model):
         null=True,
         blank=True,
         validators=[MinValueValidator(1)],
-        help_text="Requests per minute for this key (enforced by the API); empty: the default.",
-    )
-    budget_limit = models.DecimalField(
-        max_digits=12,
-        decimal_places=2,
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(Decimal("0"))],
-        help_text="Spend limit for this key per budget period (enforced by the API), on top "
-        "of the owner's budgets; empty: none.",
-    )
-    budget_period = models.CharField(
-        max_length=8, choices=BudgetPeriod.choices, default=BudgetPeriod.MONTH
+        help_text="Requests per minute for this key, every endpoint counted; empty: "
+        "API_KEY_REQUESTS_PER_MINUTE.",
     )
 
     class Meta:

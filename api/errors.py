@@ -24,6 +24,7 @@ CHAT_ERROR_STATUS: dict[str, int] = {
     "model_unavailable": 403,  # refused at admission: unknown, disabled or not permitted
     "not_found": 404,
     "busy": 409,
+    "legal_hold": 409,
     "guardrail_blocked": 400,
     "rate_limited": 429,
     "budget_exceeded": 402,
@@ -39,6 +40,7 @@ KEY_REFUSED_STATUS: dict[str, int] = {
     "missing_key": 401,
     "inactive_owner": 403,
     "scope_missing": 403,
+    "rate_limited": 429,
 }
 
 
@@ -96,7 +98,12 @@ def install_handlers(api: NinjaAPI) -> None:
         )
 
     def on_key_refused(request: HttpRequest, exc: ApiKeyRefused) -> HttpResponse:
-        return error_response(KEY_REFUSED_STATUS.get(exc.code, 401), exc.code, exc.message)
+        return error_response(
+            KEY_REFUSED_STATUS.get(exc.code, 401),
+            exc.code,
+            exc.message,
+            retry_after=exc.retry_after,
+        )
 
     def on_authentication(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
         return error_response(401, "missing_key", "Send an API key: Authorization: Bearer <key>.")

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
-from django.urls import path
+from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.api_keys import ApiKeyRefused, api_key_authenticate
@@ -35,6 +35,7 @@ from audit import context as audit_context
 from conversations import services
 from conversations.errors import ChatError
 from conversations.models import Conversation
+from conversations.services import ReplyOptions
 from enterprise_ai.client_ip import client_ip
 from observability import logcontext
 from providers.models import AIModel
@@ -129,6 +130,14 @@ def from_api_error(exc: ApiError) -> OpenAIError:
 
 
 def from_key_refused(exc: ApiKeyRefused) -> OpenAIError:
+    if exc.code == "rate_limited":
+        return OpenAIError(
+            429,
+            exc.message,
+            type="requests",
+            code="rate_limit_exceeded",
+            retry_after=exc.retry_after,
+        )
     if exc.code in {"inactive_owner", "scope_missing"}:
         return OpenAIError(403, exc.message, type="permission_error", code=exc.code)
     return OpenAIError(401, exc.message, code="invalid_api_key")
@@ -143,8 +152,9 @@ def _context(request: HttpRequest, *, actor: User | None) -> audit_context.Audit
     )
 
 
-async def _authenticate(request: HttpRequest, scope: str) -> User:
-    """The key's owner. Session cookies are never read. Raises OpenAIError (401, 403)."""
+async def _authenticate(request: HttpRequest, scope: str) -> ApiKey:
+    """The key (acting as `key.owner`). Session cookies are never read. Raises OpenAIError
+    (401, 403, 429)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise OpenAIError(
@@ -157,7 +167,7 @@ async def _authenticate(request: HttpRequest, scope: str) -> User:
             )
         except ApiKeyRefused as exc:
             raise from_key_refused(exc) from None
-    return key.owner
+    return key
 
 
 View = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
@@ -241,9 +251,7 @@ def conversation_text(messages: Any) -> str:
         turns.append((str(role), _content_text(message.get("content"), index)))
     if turns[-1][0] != "user":
         raise _bad("The last message must be the user's.", "messages")
-    if len(turns) == 1:
-        return turns[0][1]
-    return "\n\n".join(f"{role.capitalize()}: {text}" for role, text in turns)
+    return replies.folded(turns)
 
 
 def _positive_int(body: dict[str, Any], name: str) -> None:
@@ -282,11 +290,15 @@ def parse_completion(body: Any) -> dict[str, Any]:
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("`user` must be a string.", "user")
+    # max_completion_tokens is the current name, max_tokens the older one: either caps the
+    # reply (never above the model's maximum), and the budget holds only that much.
+    cap = body.get("max_completion_tokens") or body.get("max_tokens")
     return {
         "model": model,
         "text": conversation_text(body.get("messages")),
         "stream": stream,
         "include_usage": bool(options.get("include_usage")),
+        "options": ReplyOptions(max_output_tokens=cap, temperature=temperature),
     }
 
 
@@ -389,7 +401,8 @@ async def completion_stream(
 @endpoint("POST")
 async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     """A chat completion, whole or streamed, through the one governance path."""
-    owner = await _authenticate(request, "chat")
+    key = await _authenticate(request, "chat")
+    owner = key.owner
     try:
         body = json.loads(request.body or b"null")
     except ValueError:
@@ -403,6 +416,8 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
             model_key=params["model"],
             conversation_id=None,
             source=Conversation.Source.OPENAI,
+            api_key=key,
+            options=params["options"],
         )
         if params["stream"]:
             response = StreamingHttpResponse(
@@ -419,7 +434,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 @endpoint("GET")
 async def models(request: HttpRequest) -> HttpResponseBase:
     """The models the key's owner may use."""
-    owner = await _authenticate(request, "models:read")
+    owner = (await _authenticate(request, "models:read")).owner
     specs = await replies.db(_models)(owner)
     return JsonResponse({"object": "list", "data": specs})
 
@@ -443,7 +458,18 @@ def _models(owner: User) -> list[dict[str, Any]]:
 
 
 app_name = "openai-v1"
+
+
+@login_not_required
+def not_found(request: HttpRequest, rest: str = "") -> HttpResponseBase:
+    """Any other path under /v1/, in OpenAI's error shape."""
+    return OpenAIError(
+        404, f"Unknown request URL: {request.method} {request.path[:200]}.", code="unknown_url"
+    ).response()
+
+
 urlpatterns = [
     path("chat/completions", chat_completions, name="chat-completions"),  # type: ignore[arg-type]
     path("models", models, name="models"),  # type: ignore[arg-type]
+    re_path(r"^(?P<rest>.*)$", not_found),
 ]

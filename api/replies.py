@@ -58,11 +58,15 @@ async def turn_start(
     model_key: str | None,
     conversation_id: uuid.UUID | None,
     source: str = Conversation.Source.API,
+    api_key: Any = None,
+    options: services.ReplyOptions | None = None,
 ) -> Turn:
     """Join the conversation's group, then send the message (so no delta is missed).
 
     Raises ChatError from admission (nothing stored then) and ApiError when no model is
-    available to the owner. `source` names the entry point (api, openai).
+    available to the owner. `source` names the entry point (api, openai); `api_key` is the
+    key the call is made with (its own rate limit was counted when it was checked; its own
+    budgets apply at admission); `options` are the caller's generation settings.
     """
     if model_key is None:
         model_key = await db(_default_model_key)(owner)
@@ -80,7 +84,13 @@ async def turn_start(
     await layer.group_add(group, channel)
     try:
         result = await db(services.message_send)(
-            actor=owner, text=text, model_key=model_key, source=source, **kwargs
+            actor=owner,
+            text=text,
+            model_key=model_key,
+            source=source,
+            api_key=api_key,
+            options=options,
+            **kwargs,
         )
     except BaseException:
         await layer.group_discard(group, channel)
@@ -94,6 +104,16 @@ async def turn_start(
         deadline=time.monotonic() + settings.CHAT_REPLY_MAX_SECONDS,
         context=audit_context.current(),
     )
+
+
+def folded(turns: list[tuple[str, str]]) -> str:
+    """The one user message stored and sent for several turns (a system prompt, earlier
+    turns, then the user's): each under its role, so that guardrails screen every word the
+    provider will see and the stored conversation shows exactly what was asked. A single
+    user turn is stored as it is."""
+    if len(turns) == 1 and turns[0][0] == "user":
+        return turns[0][1]
+    return "\n\n".join(f"{role.capitalize()}: {text}" for role, text in turns)
 
 
 def _default_model_key(owner: User) -> str:

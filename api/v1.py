@@ -9,26 +9,32 @@ browser's session never authorises an API call), so there is no CSRF to defend a
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import uuid
 from datetime import datetime
 from typing import Any
 
+from asgiref.sync import markcoroutinefunction
 from django.conf import settings
-from django.http import HttpRequest, StreamingHttpResponse
+from django.contrib.auth.decorators import login_not_required
+from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
+from django.urls import re_path
 from ninja import NinjaAPI, Schema
 from ninja.security import HttpBearer
-from pydantic import Field, StrictBool, StrictStr
+from pydantic import Field, StrictBool, StrictInt, StrictStr
 
 from accounts.api_keys import api_key_authenticate
 from accounts.models import ApiKey, User
 from api import replies
-from api.errors import ApiError, install_handlers
+from api.errors import ApiError, error_response, install_handlers
 from audit import context as audit_context
-from conversations import selectors
+from conversations import selectors, services
 from conversations.models import Conversation, Message
+from conversations.services import ReplyOptions
 from costs.services import budget_status_for, format_amount
 from enterprise_ai.client_ip import client_ip
-from providers.registry import models_for_user
+from providers.registry import default_model_for, models_for_user
 
 api = NinjaAPI(
     title="Enterprise AI",
@@ -110,7 +116,30 @@ class ChatIn(Schema):
     message: StrictStr = Field(description="The user's message.")
     conversation_id: uuid.UUID | None = Field(None, description="Continue this conversation.")
     model: StrictStr | None = Field(None, description="A model id from GET /models.")
+    system_prompt: StrictStr | None = Field(
+        None,
+        description="Instructions for this turn. Stored with the message (under `System:`) and "
+        "screened by the guardrails like it; the organisation's own system prompt still comes "
+        "first.",
+    )
+    max_output_tokens: StrictInt | None = Field(
+        None, ge=1, description="At most this many tokens in the reply (never above the model's)."
+    )
+    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.")
     stream: StrictBool = Field(False, description="Answer with Server-Sent Events.")
+
+
+class ConversationIn(Schema):
+    title: StrictStr = Field("", max_length=200, description="Empty: named by its first message.")
+    model: StrictStr | None = Field(None, description="A model id from GET /models.")
+    message: StrictStr | None = Field(
+        None,
+        description="An initial message: the conversation is created with it and the answer is "
+        "POST /chat's (needs the `chat` scope as well).",
+    )
+    system_prompt: StrictStr | None = Field(None, description="As in POST /chat.")
+    max_output_tokens: StrictInt | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
 
 
 class Usage(Schema):
@@ -211,20 +240,86 @@ async def chat(request: HttpRequest, payload: ChatIn) -> Any:
     `delta` {text} …, then `done` (this endpoint's JSON answer) or `error` {code, message}."""
     owner = _owner(request)
     with audit_context.bind(_context(request, actor=owner)):
-        turn = await replies.turn_start(
-            owner=owner,
-            text=payload.message,
-            model_key=payload.model,
-            conversation_id=payload.conversation_id,
+        return await _chat_turn(request, payload, conversation_id=payload.conversation_id)
+
+
+async def _chat_turn(
+    request: HttpRequest, payload: ChatIn | ConversationIn, *, conversation_id: uuid.UUID | None
+) -> Any:
+    """One turn of POST /chat (or POST /conversations with a message), whole or streamed."""
+    message = payload.message or ""
+    text = (
+        replies.folded([("system", payload.system_prompt), ("user", message)])
+        if payload.system_prompt
+        else message
+    )
+    turn = await replies.turn_start(
+        owner=_owner(request),
+        text=text,
+        model_key=payload.model,
+        conversation_id=conversation_id,
+        api_key=request.auth,  # type: ignore[attr-defined]
+        options=ReplyOptions(
+            max_output_tokens=payload.max_output_tokens, temperature=payload.temperature
+        ),
+    )
+    if getattr(payload, "stream", False):
+        response = StreamingHttpResponse(
+            replies.turn_stream(turn), content_type="text/event-stream"
         )
-        if payload.stream:
-            response = StreamingHttpResponse(
-                replies.turn_stream(turn), content_type="text/event-stream"
-            )
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
-            return response
-        return await replies.turn_wait(turn)
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        return response
+    return await replies.turn_wait(turn)
+
+
+@api.post(
+    "/conversations",
+    response={201: ConversationDetailOut, 200: ChatOut, **ERRORS},
+    auth=ApiKeyAuth("conversations:write"),
+    tags=["conversations"],
+)
+async def conversation_create(request: HttpRequest, payload: ConversationIn) -> Any:
+    """Start a conversation: empty (201, the new conversation), or with an initial `message`
+    (200, the reply as POST /chat answers it; the key needs the `chat` scope too)."""
+    owner = _owner(request)
+    key: ApiKey = request.auth  # type: ignore[attr-defined]
+    with audit_context.bind(_context(request, actor=owner)):
+        if payload.message is not None:
+            if ApiKey.Scope.CHAT not in (key.scopes or []):
+                raise ApiError(403, "scope_missing", "This API key does not have the 'chat' scope.")
+            return await _chat_turn(request, payload, conversation_id=None)
+        conversation = await replies.db(_conversation_create)(owner, payload)
+        return 201, await replies.db(_conversation_detail)(owner, conversation.public_id)
+
+
+def _conversation_create(owner: User, payload: ConversationIn) -> Conversation:
+    model_key = payload.model
+    if model_key is None:
+        model = default_model_for(owner)
+        if model is None:
+            raise ApiError(403, "model_unavailable", "No model is available to you.")
+        model_key = model.key
+    return services.conversation_create(
+        actor=owner, title=payload.title, model_key=model_key, source=Conversation.Source.API
+    )
+
+
+@api.delete(
+    "/conversations/{conversation_id}",
+    response={204: None, **ERRORS},
+    auth=ApiKeyAuth("conversations:write"),
+    tags=["conversations"],
+)
+async def conversation_delete(request: HttpRequest, conversation_id: uuid.UUID) -> Any:
+    """Delete a conversation of the owner's: its text is erased and it is gone from every
+    list and answer (what it cost stays in the ledger, what happened in the audit trail).
+    Refused with 409 `legal_hold` while it or its owner is under legal hold, 409 `busy` while
+    a reply is being written; another person's (or none) is 404 and audited."""
+    owner = _owner(request)
+    with audit_context.bind(_context(request, actor=owner)):
+        await replies.db(services.conversation_delete)(actor=owner, public_id=conversation_id)
+    return 204, None
 
 
 @api.get(
@@ -312,7 +407,10 @@ def _conversation_detail(owner: User, conversation_id: uuid.UUID) -> dict[str, A
 )
 async def usage(request: HttpRequest) -> Any:
     """The owner's budgets in the current period: spent, limit, what is left, when it resets."""
-    statuses = await replies.db(budget_status_for)(_owner(request))
+    statuses = await replies.db(budget_status_for)(
+        _owner(request),
+        api_key=request.auth,  # type: ignore[attr-defined]
+    )
     return {
         "budgets": [
             {
@@ -330,10 +428,38 @@ async def usage(request: HttpRequest) -> Any:
     }
 
 
+def _json_not_allowed(view: Any) -> Any:
+    """`view` with ninja's plain-text 405 answered in the API's error shape (Allow kept)."""
+
+    @functools.wraps(view)  # keeps ninja's attributes (csrf_exempt: keys, not cookies)
+    async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
+        response = await view(request, *args, **kwargs)
+        if response.status_code != 405:
+            return response
+        allowed = response.get("Allow", "")
+        answer = error_response(
+            405, "method_not_allowed", f"{request.method} is not allowed here. Use {allowed}."
+        )
+        answer["Allow"] = allowed
+        return answer
+
+    return wrapped
+
+
+@login_not_required
+def not_found(request: HttpRequest, rest: str = "") -> JsonResponse:
+    """Any other path under /api/v1/: the API's 404, not the site's HTML page."""
+    return error_response(404, "not_found", "There is no such endpoint. See /api/v1/docs.")
+
+
 def urls() -> tuple[list[Any], str, str]:
     """The API's URL patterns, open to requests without a session (LoginRequiredMiddleware):
-    every endpoint authenticates by API key itself, and the schema and docs are public."""
+    every endpoint authenticates by API key itself, and the schema and docs are public. A
+    wrong method or path is answered in the API's error shape."""
     patterns, app_name, namespace = api.urls
     for pattern in patterns:
+        if asyncio.iscoroutinefunction(pattern.callback):
+            pattern.callback = markcoroutinefunction(_json_not_allowed(pattern.callback))
         pattern.callback.login_required = False  # type: ignore[union-attr]
+    patterns = [*patterns, re_path(r"^(?P<rest>.*)$", not_found)]
     return patterns, app_name, namespace

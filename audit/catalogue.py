@@ -36,6 +36,9 @@ class AuditAction(models.TextChoices):
     MESSAGE_RATE_LIMITED = "message.rate_limited", "Messages refused by a rate limit"
     CONVERSATION_ACCESS_DENIED = "conversation.access_denied", "Conversation access denied"
     CONVERSATION_VIEWED = "conversation.viewed", "Conversation reviewed in the console"
+    CONVERSATION_CREATED = "conversation.created", "Conversation created (without a message)"
+    CONVERSATION_DELETED = "conversation.deleted", "Conversation deleted by its owner"
+    CONVERSATION_DELETE_REFUSED = "conversation.delete_refused", "Conversation deletion refused"
     # Administration (mirrors Django's admin log)
     ADMIN_ADD = "admin.add", "Added in the console"
     ADMIN_CHANGE = "admin.change", "Changed in the console"

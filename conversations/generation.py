@@ -146,6 +146,7 @@ class Turn:
     notice: str = ""
     tool_events: list[dict[str, Any]] = field(default_factory=list)
     calls: list[CallUsage] = field(default_factory=list)  # one per provider call, for costs
+    options: dict[str, Any] = field(default_factory=dict)  # the caller's (Message.options)
 
 
 def _history(reply: Message) -> list[ChatMessage]:
@@ -183,9 +184,15 @@ def _state_for(conversation: Conversation, spec: ModelSpec, reply: Message) -> d
 def _request(turn: Turn, spec: ModelSpec) -> ChatRequest:
     # With tools, the system prompt says their results are data (guardrails).
     prompt = system_prompt(settings.CHAT_SYSTEM_PROMPT, tools_offered=bool(turn.tools))
+    # The caller may ask for fewer output tokens than the model's maximum, never more (the
+    # budget reservation was made for this figure).
+    max_output = spec.max_output_tokens
+    if turn.options.get("max_output_tokens"):
+        max_output = min(max_output, int(turn.options["max_output_tokens"]))
+    temperature = turn.options.get("temperature")
     budget = input_budget(
         context_window=spec.context_window,
-        max_output_tokens=spec.max_output_tokens,
+        max_output_tokens=max_output,
         system_prompt=prompt,
         tools=turn.tools,
     )
@@ -193,8 +200,8 @@ def _request(turn: Turn, spec: ModelSpec) -> ChatRequest:
         model=spec.provider_model_id,
         system_prompt=prompt,
         messages=fit_window([*turn.history, *turn.rounds], budget=budget),
-        max_output_tokens=spec.max_output_tokens,
-        temperature=settings.CHAT_TEMPERATURE,
+        max_output_tokens=max_output,
+        temperature=settings.CHAT_TEMPERATURE if temperature is None else float(temperature),
         tools=turn.tools,
         state=turn.state,
     )
@@ -291,7 +298,7 @@ def _reply_generate(reply: Message, tracked: inflight.Tracked) -> None:
     batcher = DeltaBatcher(reply)
     status = Message.Status.COMPLETE
     error_code = error = ""
-    turn = Turn(history=[], tools=[], state={})
+    turn = Turn(history=[], tools=[], state={}, options=dict(reply.options or {}))
     spec: ModelSpec | None = None  # the model answering now (changes on failover)
     stop_requested = tracked.stopped
 

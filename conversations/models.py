@@ -41,6 +41,10 @@ class Conversation(models.Model):
         "rules say.",
     )
     legal_hold_since = models.DateTimeField(null=True, blank=True, editable=False)
+    # Deleted by its owner (conversations.services.conversation_delete): the title and every
+    # message's text are erased, the rows stay for the ledger and the audit trail, and the
+    # conversation is gone from every list, page and API answer.
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         indexes = [
@@ -85,6 +89,9 @@ class Message(models.Model):
     notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply.")
     # Tool calls made while writing this reply: [{id, name, arguments, result, is_error}].
     tool_events = models.JSONField(default=list, blank=True)
+    # A reply's generation settings chosen by the caller (the API): {"max_output_tokens": n,
+    # "temperature": t}; absent keys take the model's maximum and CHAT_TEMPERATURE.
+    options = models.JSONField(default=dict, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     # What the reply cost, summed over its provider calls (costs.CostEntry holds each call).

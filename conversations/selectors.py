@@ -43,12 +43,14 @@ def conversation_list(
     """
     per_page = settings.CHAT_CONVERSATIONS_PER_PAGE
     limit = min(limit or per_page, per_page)
-    conversations = Conversation.objects.filter(owner=user, source__in=sources).order_by(
-        "-updated_at", "-id"
-    )
+    conversations = Conversation.objects.filter(
+        owner=user, source__in=sources, deleted_at__isnull=True
+    ).order_by("-updated_at", "-id")
     if before is not None:
         anchor = (
-            Conversation.objects.filter(owner=user, source__in=sources, public_id=before)
+            Conversation.objects.filter(
+                owner=user, source__in=sources, public_id=before, deleted_at__isnull=True
+            )
             .values("updated_at", "id")
             .first()
         )
@@ -70,7 +72,9 @@ def conversation_get_owned(*, user: User, public_id: UUID) -> Conversation:
     A refusal is recorded in the audit trail: probing for other people's conversations is
     exactly what a compliance officer needs to see.
     """
-    conversation = Conversation.objects.filter(public_id=public_id, owner=user).first()
+    conversation = Conversation.objects.filter(
+        public_id=public_id, owner=user, deleted_at__isnull=True
+    ).first()
     if conversation is None:
         audit_record(
             action=AuditAction.CONVERSATION_ACCESS_DENIED,

@@ -71,6 +71,44 @@ class SendResult:
     notice: str = ""
 
 
+@dataclass(frozen=True)
+class ReplyOptions:
+    """A caller's settings for one reply (the API's max_tokens and temperature).
+
+    `max_output_tokens` can only lower the model's maximum: the budget holds the worst case
+    of that lower figure. Validated here, so every entry point gets the same answer.
+    """
+
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        cap = self.max_output_tokens
+        if cap is not None and (type(cap) is not int or cap < 1):
+            raise ChatError("invalid", "The most output tokens must be a positive whole number.")
+        temperature = self.temperature
+        if temperature is not None and (
+            isinstance(temperature, bool)
+            or not isinstance(temperature, int | float)
+            or not 0 <= temperature <= 2
+        ):
+            raise ChatError("invalid", "The temperature must be a number from 0 to 2.")
+
+    def output_cap(self, model: Any) -> int:
+        if self.max_output_tokens is None:
+            return int(model.max_output_tokens)
+        return min(int(model.max_output_tokens), self.max_output_tokens)
+
+    def stored(self) -> dict[str, Any]:
+        """As kept in Message.options (only what the caller set)."""
+        values: dict[str, Any] = {}
+        if self.max_output_tokens is not None:
+            values["max_output_tokens"] = self.max_output_tokens
+        if self.temperature is not None:
+            values["temperature"] = float(self.temperature)
+        return values
+
+
 def title_from_text(text: str) -> str:
     """A conversation title from its first message: the first line, whitespace collapsed."""
     first_line = next((line for line in text.splitlines() if line.strip()), "")
@@ -215,6 +253,8 @@ def message_send(
     conversation_id: UUID | None = None,
     new_conversation_id: UUID | None = None,
     source: str = Conversation.Source.WEB,
+    api_key: Any = None,
+    options: ReplyOptions | None = None,
 ) -> SendResult:
     """Store the user's message and a pending reply, and start generating it on commit.
 
@@ -226,6 +266,9 @@ def message_send(
 
     Give `conversation_id` to continue a conversation the actor owns, or
     `new_conversation_id` (chosen by the caller so it can subscribe first) to start one.
+    `api_key`: the API key the call is made with (its own budgets apply on top of the
+    owner's, and the audit event names it). `options`: the caller's generation settings
+    (a lower cap on output tokens, which also lowers the budget hold; a temperature).
     Raises ChatError: invalid / too_large (text), model_unavailable, not_found (not the
     actor's conversation), busy (a reply is still being generated), guardrail_blocked (the
     guardrail policy refuses the text), rate_limited (too many messages this minute or
@@ -241,6 +284,8 @@ def message_send(
             conversation_id=conversation_id,
             new_conversation_id=new_conversation_id,
             source=Conversation.Source(source),
+            api_key=api_key,
+            options=options or ReplyOptions(),
         )
     except ChatError as exc:
         reason = metrics.REFUSAL_REASONS.get(exc.code)
@@ -257,6 +302,8 @@ def _message_send(
     conversation_id: UUID | None,
     new_conversation_id: UUID | None,
     source: Conversation.Source,
+    api_key: Any,
+    options: ReplyOptions,
 ) -> SendResult:
     _check_message_rate(actor)
     text = _validate_text(text)
@@ -277,7 +324,7 @@ def _message_send(
 
     budget = input_budget(
         context_window=model.context_window,
-        max_output_tokens=model.max_output_tokens,
+        max_output_tokens=options.output_cap(model),
         system_prompt=settings.CHAT_SYSTEM_PROMPT,
     )
     if message_tokens(ChatMessage("user", text)) > budget:
@@ -305,6 +352,8 @@ def _message_send(
             conversation_id=conversation_id,
             new_conversation_id=new_conversation_id,
             source=source,
+            api_key=api_key,
+            options=options,
         )
         return replace(result, notice=redaction_notice(screening))
     except ChatError as exc:
@@ -416,11 +465,14 @@ def _message_store(
     new_conversation_id: UUID | None,
     screening: Screening | None = None,
     source: str = Conversation.Source.WEB,
+    api_key: Any = None,
+    options: ReplyOptions | None = None,
 ) -> SendResult:
+    options = options or ReplyOptions()
     request_id = audit_context.current().request_id or audit_context.new_request_id()
     input_budget_tokens = input_budget(
         context_window=model.context_window,
-        max_output_tokens=model.max_output_tokens,
+        max_output_tokens=options.output_cap(model),
         system_prompt=settings.CHAT_SYSTEM_PROMPT,
     )
     created = conversation_id is None
@@ -435,7 +487,7 @@ def _message_store(
     else:
         owned = (
             Conversation.objects.select_for_update()
-            .filter(public_id=conversation_id, owner=actor)
+            .filter(public_id=conversation_id, owner=actor, deleted_at__isnull=True)
             .first()
         )
         if owned is None:
@@ -443,7 +495,11 @@ def _message_store(
         conversation = owned
         _expire_stale_reply(conversation)
         conversation.model = model.key
-        conversation.save(update_fields=["model", "updated_at"])
+        fields = ["model", "updated_at"]
+        if not conversation.title:  # created empty (the API): named by its first message
+            conversation.title = title_from_text(text)
+            fields.append("title")
+        conversation.save(update_fields=fields)
 
     _check_replies_in_flight(actor)
     user_message = Message.objects.create(
@@ -462,6 +518,7 @@ def _message_store(
                 status=Message.Status.PENDING,
                 model=model.key,
                 request_id=request_id,
+                options=options.stored(),
             )
     except IntegrityError:
         raise ChatError(
@@ -477,6 +534,8 @@ def _message_store(
         input_tokens=_input_estimate(
             conversation=conversation, model=model, budget=input_budget_tokens
         ),
+        max_output_tokens=options.max_output_tokens,
+        api_key=api_key,
     )
 
     if screening is not None:
@@ -494,6 +553,8 @@ def _message_store(
             "characters": len(text),
             "new_conversation": created,
             "source": str(source),
+            **({"api_key": api_key.prefix} if api_key is not None else {}),
+            **({"options": options.stored()} if options.stored() else {}),
             **({"budget_alerts": alerts} if alerts else {}),
         },
     )
@@ -503,6 +564,109 @@ def _message_store(
     transaction.on_commit(partial(dispatch, generate_reply, reply.pk))
     return SendResult(
         conversation=conversation, user_message=user_message, reply=reply, created=created
+    )
+
+
+TITLE_MAX = 200
+
+
+def conversation_create(
+    *, actor: User, title: object = "", model_key: object, source: str = Conversation.Source.API
+) -> Conversation:
+    """Start an empty conversation for `actor` with a model they may use (the first message
+    names it when `title` is empty). Audited. Raises ChatError: invalid (title), too_large,
+    model_unavailable (audited as model.refused)."""
+    if not isinstance(title, str):
+        raise ChatError("invalid", "The title must be text.")
+    title = " ".join(title.split())
+    if "\x00" in title:
+        raise ChatError("invalid", "The title contains a NUL character.")
+    if len(title) > TITLE_MAX:
+        raise ChatError("too_large", f"A title has at most {TITLE_MAX} characters.")
+    if not isinstance(model_key, str) or "\x00" in model_key:
+        raise ChatError("invalid", "The model must be given by its name.")
+    try:
+        model = model_for_user(model_key, actor)
+    except UnknownModel:
+        audit_record(
+            action=AuditAction.MODEL_REFUSED,
+            actor=actor,
+            outcome=AuditOutcome.DENIED,
+            details={"model": model_key[:100]},
+        )
+        raise ChatError("model_unavailable", "That model is not available to you.") from None
+    with transaction.atomic():
+        conversation = Conversation.objects.create(
+            owner=actor, title=title, model=model.key, source=Conversation.Source(source)
+        )
+        audit_record(
+            action=AuditAction.CONVERSATION_CREATED,
+            actor=actor,
+            target=conversation,
+            details={"model": model.key, "source": str(source)},
+        )
+    return conversation
+
+
+def conversation_delete(*, actor: User, public_id: UUID) -> Conversation:
+    """Delete one of the actor's conversations: its title and every message's text, tool
+    calls and notices are erased and it disappears from every list, page and API answer.
+    The rows stay (without content) because the cost ledger and the audit trail refer to
+    them. Audited with the number of messages erased.
+
+    Raises ChatError: not_found (not the actor's, or already deleted; audited as an access
+    denial), legal_hold (the conversation or its owner is under legal hold: retention and
+    deletion must skip it; the refusal is audited), busy (a reply is being written: stop it
+    first).
+    """
+    with transaction.atomic():
+        conversation = (
+            Conversation.objects.select_for_update()
+            .select_related("owner")
+            .filter(public_id=public_id, owner=actor, deleted_at__isnull=True)
+            .first()
+        )
+        held = conversation is not None and (
+            conversation.legal_hold or conversation.owner.legal_hold
+        )
+        if conversation is not None and not held:
+            _expire_stale_reply(conversation)
+            if Message.objects.filter(
+                conversation=conversation,
+                role=Message.Role.ASSISTANT,
+                status__in=Message.IN_FLIGHT,
+            ).exists():
+                raise ChatError(
+                    "busy", "A reply is still being written in this conversation. Stop it first."
+                )
+            erased = Message.objects.filter(conversation=conversation).update(
+                content="", tool_events=[], notice="", error=""
+            )
+            conversation.title = ""
+            conversation.provider_state = {}
+            conversation.deleted_at = timezone.now()
+            conversation.save(update_fields=["title", "provider_state", "deleted_at"])
+            audit_record(
+                action=AuditAction.CONVERSATION_DELETED,
+                actor=actor,
+                target=conversation,
+                details={"messages": erased, "source": conversation.source},
+            )
+            return conversation
+    if conversation is None:
+        conversation_access_denied(actor=actor, conversation_id=public_id)
+        raise not_found()
+    audit_record(
+        action=AuditAction.CONVERSATION_DELETE_REFUSED,
+        actor=actor,
+        target=conversation,
+        outcome=AuditOutcome.DENIED,
+        details={"reason": "legal_hold"},
+    )
+    raise ChatError(
+        "legal_hold",
+        "This conversation is under legal hold, so it cannot be deleted now. Your compliance "
+        "team can tell you more.",
     )
 
 

@@ -259,7 +259,7 @@ class BudgetForm(forms.ModelForm):
     class Meta:
         model = Budget
         fields = (
-            "name", "enabled", "scope", "group", "user", "period", "limit_amount",
+            "name", "enabled", "scope", "group", "user", "api_key", "period", "limit_amount",
             "limit_tokens", "warn_percent", "action",
         )  # fmt: skip
 
@@ -273,6 +273,11 @@ class BudgetForm(forms.ModelForm):
         if "user" in self.fields:
             self.fields["user"].label = "Person"
             self.fields["user"].help_text = "For a personal budget only."
+        if "api_key" in self.fields:
+            self.fields["api_key"].help_text = (
+                "For an API key's budget only: calls made with that key, on top of its "
+                "owner's budgets."
+            )
 
     def clean_limit_amount(self) -> Any:
         amount = self.cleaned_data.get("limit_amount")
@@ -290,6 +295,16 @@ class BudgetForm(forms.ModelForm):
         cleaned = super().clean() or {}
         scope = cleaned.get("scope")
         group, user = cleaned.get("group"), cleaned.get("user")
+        api_key = cleaned.get("api_key")
+        if api_key is not None and scope != Budget.Scope.API_KEY:
+            self.add_error("api_key", "Only an API key's budget names a key: leave it empty.")
+        if scope == Budget.Scope.API_KEY:
+            if api_key is None and "api_key" not in self.errors:
+                self.add_error("api_key", "An API key's budget needs a key.")
+            if group is not None:
+                self.add_error("group", "An API key's budget names no department.")
+            if user is not None:
+                self.add_error("user", "An API key's budget names no person: the key does.")
         if scope == Budget.Scope.ORGANISATION:
             if group is not None:
                 self.add_error(
@@ -323,18 +338,20 @@ class BudgetAdmin(admin.ModelAdmin):
         "used_column", "remaining_column",
     )  # fmt: skip
     list_filter = ("scope", "period", "action", "enabled")
-    list_select_related = ("group", "user")
+    list_select_related = ("group", "user", "api_key")
     search_fields = ("name",)
     autocomplete_fields = ("user",)
+    raw_id_fields = ("api_key",)
     change_list_template = "admin/costs/budget/change_list.html"
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
         (
             "Who it applies to",
             {
-                "fields": ("scope", "group", "user"),
+                "fields": ("scope", "group", "user", "api_key"),
                 "description": "An organisation budget applies to everyone; a department "
-                "budget to the members of a group; a personal budget to one person.",
+                "budget to the members of a group; a personal budget to one person; an API "
+                "key's budget to the calls made with that key.",
             },
         ),
         (
@@ -364,6 +381,8 @@ class BudgetAdmin(admin.ModelAdmin):
             return budget.group.name
         if budget.scope == Budget.Scope.USER and budget.user is not None:
             return str(budget.user.email or budget.user.get_username())
+        if budget.scope == Budget.Scope.API_KEY and budget.api_key is not None:
+            return f"API key {budget.api_key.prefix}"
         return "Everyone"
 
     @admin.display(description="limit", ordering="limit_amount")

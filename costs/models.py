@@ -124,6 +124,7 @@ class Budget(models.Model):
         ORGANISATION = "organisation", "Organisation"
         DEPARTMENT = "department", "Department (group)"
         USER = "user", "Person"
+        API_KEY = "api_key", "API key"
 
     class Period(models.TextChoices):
         DAILY = "daily", "Daily"
@@ -148,6 +149,15 @@ class Budget(models.Model):
         blank=True,
         related_name="budgets",
     )
+    # A key's own budget: on top of its owner's budgets, for calls made with that key only.
+    api_key = models.ForeignKey(
+        "accounts.ApiKey",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="budgets",
+        verbose_name="API key",
+    )
     period = models.CharField(max_length=16, choices=Period.choices)
     limit_amount = money(help_text="In the ledger's currency.")
     limit_tokens = models.PositiveBigIntegerField(
@@ -164,13 +174,32 @@ class Budget(models.Model):
         constraints = [
             models.CheckConstraint(
                 condition=(
-                    models.Q(scope="organisation", group__isnull=True, user__isnull=True)
-                    | models.Q(scope="department", group__isnull=False, user__isnull=True)
-                    | models.Q(scope="user", group__isnull=True, user__isnull=False)
+                    models.Q(
+                        scope="organisation",
+                        group__isnull=True,
+                        user__isnull=True,
+                        api_key__isnull=True,
+                    )
+                    | models.Q(
+                        scope="department",
+                        group__isnull=False,
+                        user__isnull=True,
+                        api_key__isnull=True,
+                    )
+                    | models.Q(
+                        scope="user", group__isnull=True, user__isnull=False, api_key__isnull=True
+                    )
+                    | models.Q(
+                        scope="api_key",
+                        group__isnull=True,
+                        user__isnull=True,
+                        api_key__isnull=False,
+                    )
                 ),
                 name="costs_budget_scope_target",
                 violation_error_message="An organisation budget names no one; a department "
-                "budget names a group; a personal budget names a person.",
+                "budget names a group; a personal budget names a person; an API key's budget "
+                "names the key.",
             ),
             models.CheckConstraint(
                 condition=models.Q(limit_amount__gte=0)

@@ -106,17 +106,17 @@ def department_of(user: Any) -> Any:
     return user.groups.exclude(name__in=ROLES).order_by("name").first()
 
 
-def budgets_for(user: Any) -> list[Budget]:
-    """Every enabled budget that applies to the person, in id order (the lock order)."""
-    return list(
-        Budget.objects.filter(enabled=True)
-        .filter(
-            Q(scope=Budget.Scope.ORGANISATION)
-            | Q(scope=Budget.Scope.DEPARTMENT, group__in=user.groups.all())
-            | Q(scope=Budget.Scope.USER, user=user)
-        )
-        .order_by("id")
+def budgets_for(user: Any, api_key: Any = None) -> list[Budget]:
+    """Every enabled budget that applies to the person, in id order (the lock order); with
+    `api_key` (a call made with that key), the key's own budgets as well."""
+    applies = (
+        Q(scope=Budget.Scope.ORGANISATION)
+        | Q(scope=Budget.Scope.DEPARTMENT, group__in=user.groups.all())
+        | Q(scope=Budget.Scope.USER, user=user)
     )
+    if api_key is not None:
+        applies |= Q(scope=Budget.Scope.API_KEY, api_key=api_key)
+    return list(Budget.objects.filter(enabled=True).filter(applies).order_by("id"))
 
 
 def _locked_window(budget: Budget, when: dt.datetime) -> BudgetWindow:
@@ -148,18 +148,19 @@ class Estimate:
     priced: bool
 
 
-def estimate_max(*, model: Any, input_tokens: int, when: dt.datetime) -> Estimate:
-    """The most a call can cost: its estimated input plus the model's max output tokens."""
+def estimate_max(
+    *, model: Any, input_tokens: int, when: dt.datetime, max_output_tokens: int | None = None
+) -> Estimate:
+    """The most a call can cost: its estimated input plus its most output tokens (the
+    model's maximum, or the caller's lower cap)."""
+    output = model.max_output_tokens
+    if max_output_tokens is not None:
+        output = min(output, max_output_tokens)
     price = price_at(model.key, when)
     amount = call_cost(
-        price,
-        input_tokens=input_tokens,
-        cached_input_tokens=0,
-        output_tokens=model.max_output_tokens,
+        price, input_tokens=input_tokens, cached_input_tokens=0, output_tokens=output
     )
-    return Estimate(
-        amount=amount, tokens=input_tokens + model.max_output_tokens, priced=price is not None
-    )
+    return Estimate(amount=amount, tokens=input_tokens + output, priced=price is not None)
 
 
 def format_amount(amount: Decimal) -> str:
@@ -178,8 +179,20 @@ def _resets(reset_at: dt.datetime) -> str:
     return reset_at.strftime("%Y-%m-%d %H:%M %Z")
 
 
-def budget_reserve(*, user: Any, reply: Any, model: Any, input_tokens: int) -> list[str]:
+def budget_reserve(
+    *,
+    user: Any,
+    reply: Any,
+    model: Any,
+    input_tokens: int,
+    max_output_tokens: int | None = None,
+    api_key: Any = None,
+) -> list[str]:
     """Hold the call's maximum cost against every budget that applies; return alert notes.
+
+    The maximum is the estimated input plus `max_output_tokens` (the caller's own cap on
+    the reply, never above the model's) or the model's maximum output. `api_key`: the call
+    is made with that key, so its own budgets apply too.
 
     Call inside the transaction that creates `reply`. Raises BudgetExceeded (nothing held)
     when the per-call maximum (COSTS_MAX_REQUEST_COST) or any blocking budget would be
@@ -187,7 +200,9 @@ def budget_reserve(*, user: Any, reply: Any, model: Any, input_tokens: int) -> l
     audited, and their names are returned.
     """
     now = timezone.now()
-    estimate = estimate_max(model=model, input_tokens=input_tokens, when=now)
+    estimate = estimate_max(
+        model=model, input_tokens=input_tokens, when=now, max_output_tokens=max_output_tokens
+    )
     cap = settings.COSTS_MAX_REQUEST_COST
     if cap and estimate.amount > cap:
         raise BudgetExceeded(
@@ -200,7 +215,7 @@ def budget_reserve(*, user: Any, reply: Any, model: Any, input_tokens: int) -> l
     expires_at = now + timedelta(
         seconds=settings.CHAT_REPLY_MAX_SECONDS + settings.COSTS_RESERVATION_GRACE_SECONDS
     )
-    for budget in budgets_for(user):
+    for budget in budgets_for(user, api_key):
         window = _locked_window(budget, now)
         over_amount = window.spent + window.reserved + estimate.amount > budget.limit_amount
         over_tokens = budget.limit_tokens is not None and (
@@ -479,10 +494,13 @@ class BudgetStatus:
     blocking: bool
 
 
-def budget_status_for(user: Any, budgets: Iterable[Budget] | None = None) -> list[BudgetStatus]:
-    """The person's budgets for the current period: what is left and when it resets."""
+def budget_status_for(
+    user: Any, budgets: Iterable[Budget] | None = None, *, api_key: Any = None
+) -> list[BudgetStatus]:
+    """The person's budgets for the current period (with `api_key`, the key's own too):
+    what is left and when it resets."""
     now = timezone.now()
-    budgets = list(budgets if budgets is not None else budgets_for(user))
+    budgets = list(budgets if budgets is not None else budgets_for(user, api_key))
     usage = budget_usage(budgets=budgets, now=now)
     statuses = []
     for budget in budgets:

@@ -465,6 +465,10 @@ CHAT_MESSAGES_PER_MINUTE = env.int("CHAT_MESSAGES_PER_MINUTE", 20, min_value=0)
 CHAT_MAX_REPLIES_IN_FLIGHT = env.int("CHAT_MAX_REPLIES_IN_FLIGHT", 3, min_value=0)
 # Frames of any kind one person may send per minute over all their sockets (0: no limit).
 CHAT_FRAMES_PER_MINUTE = env.int("CHAT_FRAMES_PER_MINUTE", 120, min_value=0)
+# Requests one API key may make per minute, every endpoint counted (0: no limit); a key's
+# own `rate_limit_per_minute` replaces it for that key. Messages also count against the
+# owner's CHAT_MESSAGES_PER_MINUTE, whichever entry point sends them.
+API_KEY_REQUESTS_PER_MINUTE = env.int("API_KEY_REQUESTS_PER_MINUTE", 600, min_value=0)
 # Deltas are batched: sent when this many milliseconds passed since the last send...
 CHAT_DELTA_FLUSH_MS = env.int("CHAT_DELTA_FLUSH_MS", 50, min_value=0)
 # ...or when this many characters are waiting, whichever comes first.

@@ -40,7 +40,7 @@ def list_my_conversations(arguments: Mapping[str, Any], user: User) -> str:
     """The user's most recently active conversations: id, title and last activity."""
     limit = max(1, min(int(arguments.get("limit") or LIST_DEFAULT), LIST_MAX))
     conversations = list(
-        Conversation.objects.filter(owner=user)
+        Conversation.objects.filter(owner=user, deleted_at__isnull=True)
         .order_by("-updated_at", "-id")
         .only("public_id", "title", "updated_at")[:limit]
     )
@@ -69,9 +69,11 @@ def _owned(user: User, raw_id: object) -> Conversation:
         raise ToolFailed(
             "That is not a conversation id; list_my_conversations gives them."
         ) from None
-    conversation = Conversation.objects.filter(public_id=public_id, owner=user).first()
+    conversation = Conversation.objects.filter(
+        public_id=public_id, owner=user, deleted_at__isnull=True
+    ).first()
     if conversation is None:
-        exists = Conversation.objects.filter(public_id=public_id).exists()
+        exists = Conversation.objects.filter(public_id=public_id, deleted_at__isnull=True).exists()
         raise ToolRefused(
             "not_owner" if exists else "not_found",
             target=(TargetType.CONVERSATION, str(public_id)),

@@ -301,10 +301,13 @@ def test_an_administrator_creates_a_key_in_the_console_and_sees_it_once(
     response = client.post(
         reverse("admin:accounts_apikey_add"),
         {"owner": owner.pk, "name": "nightly", "scopes": ["chat", "usage:read"],
-         "budget_period": "month"},
+         "budget_limit": "5.00", "budget_period": "daily"},
     )  # fmt: skip
     assert response.status_code == 200, response.content.decode()[:2000]
     key = ApiKey.objects.get(owner=owner)
+    # The key's own budget is a costs.Budget of scope "api_key", managed with the others.
+    budget = key.budgets.get()
+    assert (budget.scope, budget.period, budget.limit_amount) == ("api_key", "daily", 5)
     raw = response.context["raw"]
     assert raw in response.content.decode() and key.created_by == administrator
     assert api_key_authenticate(raw=raw, ip=None, scope="usage:read").pk == key.pk

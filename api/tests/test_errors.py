@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from accounts.api_keys import api_key_create
 from api import v1
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from costs.models import Budget, ModelPrice
 from guardrails.models import GuardrailPolicy
 from providers.models import AIModel
@@ -130,3 +130,51 @@ async def test_usage_lists_the_owners_budgets(key: str, owner: Any) -> None:
     (budget,) = response.json()["budgets"]
     assert budget["name"] == "Mine" and budget["limit"] == "25.00" and budget["spent"] == "0.00"
     assert budget["currency"] == "USD"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("get", "/api/v1/no-such-endpoint", 404, "not_found"),
+        ("put", "/api/v1/models", 405, "method_not_allowed"),
+        ("get", "/api/v1/chat", 405, "method_not_allowed"),
+    ],
+)
+async def test_a_wrong_path_or_method_is_answered_in_the_error_shape(
+    method: str, path: str, status: int, code: str
+) -> None:
+    response = await getattr(AsyncClient(), method)(path)
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/json"
+    assert error_of(response)["code"] == code
+    if status == 405:
+        assert response["Allow"]
+
+
+async def test_a_busy_conversation_cannot_be_deleted(owner: Any) -> None:
+    _, raw = await database_sync_to_async(api_key_create)(
+        owner=owner, name="writer", scopes=["conversations:write"], actor=owner
+    )
+
+    def conversation_with_a_reply_in_flight() -> str:
+        conversation = Conversation.objects.create(owner=owner, title="Busy", model="demo")
+        Message.objects.create(
+            conversation=conversation, role="user", content="hi", status="complete"
+        )
+        Message.objects.create(conversation=conversation, role="assistant", status="streaming")
+        return str(conversation.public_id)
+
+    public_id = await database_sync_to_async(conversation_with_a_reply_in_flight)()
+    response = await AsyncClient().delete(
+        f"/api/v1/conversations/{public_id}", headers={"Authorization": f"Bearer {raw}"}
+    )
+    assert response.status_code == 409
+    assert error_of(response)["code"] == "busy"
+    kept = await database_sync_to_async(
+        lambda: list(
+            Message.objects.filter(conversation__public_id=public_id).values_list(
+                "content", flat=True
+            )
+        )
+    )()
+    assert kept == ["hi", ""]

@@ -42,6 +42,12 @@ async def test_another_method_is_405_in_the_error_shape(headers: dict[str, str])
     error_of(response)
 
 
+async def test_an_unknown_path_is_404_in_the_error_shape(headers: dict[str, str]) -> None:
+    response = await AsyncClient().post("/v1/embeddings", headers=headers)
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "unknown_url"
+
+
 def test_a_session_alone_is_401(client: Any, owner: Any) -> None:
     client.force_login(owner)
     response = client.get("/v1/models")

@@ -65,6 +65,19 @@ ModelPrice.objects.create(model=AIModel.objects.get(key="demo"), input_per_milli
                           effective_from=timezone.now() - timedelta(days=1))
 Budget.objects.create(name="Erin's pilot", scope="user", user=people["erin"], period="monthly",
                       limit_amount=Decimal("0"))
+# Per-key limits: a key allowed two requests a minute, a key with a budget of its own.
+frank = User.objects.create_user(username="frank", email="frank@example.com", password="x-pw-1")
+_, keys["two_a_minute"] = api_key_create(owner=frank, name="slow", scopes=scopes, actor=None,
+                                         rate_limit_per_minute=2)
+budgeted, keys["budgeted"] = api_key_create(owner=people["alice"], name="capped", scopes=scopes,
+                                            actor=None, budget_limit=Decimal("0"))
+keys["budgeted_prefix"] = budgeted.prefix
+gina = User.objects.create_user(username="gina", email="gina@example.com", password="x-pw-1")
+_, keys["inactive"] = api_key_create(owner=gina, name="left", scopes=scopes, actor=None)
+User.objects.filter(pk=gina.pk).update(is_active=False)
+AIModel.objects.create(key="tiny", display_name="Tiny", provider="demo",
+                       provider_model_id="demo-1", available_to_everyone=True,
+                       context_window=600, max_output_tokens=100)
 print(json.dumps(keys))
 """
 
@@ -278,6 +291,68 @@ def test_invalid_parameters_are_bad_requests(site: Site) -> None:
         with pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(**{"model": "demo", "messages": ask(), **extra})
         assert caught.value.type == "invalid_request_error", extra
+
+
+def test_a_key_over_its_own_rate_limit_is_a_rate_limit_error(site: Site) -> None:
+    client = site.client("two_a_minute")
+    # Limits count per clock minute: start early in one, so every request falls in it.
+    if time.time() % 60 > 40:
+        time.sleep(60 - time.time() % 60 + 0.5)
+    assert client.models.list().data and client.models.list().data  # every endpoint counts
+    with pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(model="demo", messages=ask())
+    assert caught.value.code == "rate_limit_exceeded" and "API key" in caught.value.message
+    assert 0 < int(caught.value.response.headers["Retry-After"]) <= 60
+
+
+def test_a_keys_own_budget_refuses_while_its_owners_other_keys_still_work(site: Site) -> None:
+    with pytest.raises(openai.RateLimitError) as caught:
+        site.client("budgeted").chat.completions.create(model="demo", messages=ask("Plan"))
+    assert caught.value.type == "insufficient_quota"
+    assert site.keys["budgeted_prefix"] in caught.value.message
+    # The same owner through another key: only the key's own budget refused.
+    completion = site.client("alice").chat.completions.create(model="demo", messages=ask("Plan"))
+    assert completion.choices[0].message.content
+
+
+def test_a_deactivated_owners_key_is_a_permission_error(site: Site) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        site.client("inactive").chat.completions.create(model="demo", messages=ask())
+    assert caught.value.code == "inactive_owner"
+
+
+def test_a_message_over_the_context_window_is_context_length_exceeded(site: Site) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        site.client().chat.completions.create(model="tiny", messages=ask("word " * 2000))
+    assert caught.value.code == "context_length_exceeded"
+
+
+def test_max_tokens_and_temperature_reach_the_provider(site: Site) -> None:
+    site.upstream.reset()
+    completion = site.client().chat.completions.create(
+        model="upstream", messages=ask("Be brief"), max_completion_tokens=7, temperature=0.25
+    )
+    assert completion.choices[0].message.content
+    (request,) = site.upstream.model_requests()
+    assert request.body["max_tokens"] == 7 and request.body["temperature"] == 0.25
+    # Over the model's maximum (2048): the model's maximum applies.
+    site.upstream.reset()
+    site.client().chat.completions.create(model="upstream", messages=ask("Go"), max_tokens=10**6)
+    (request,) = site.upstream.model_requests()
+    assert request.body["max_tokens"] == 2048
+
+
+def test_a_provider_failure_mid_stream_raises_in_the_sdk(site: Site) -> None:
+    site.upstream.reset()
+    site.upstream.inject("drop_connection", after_deltas=2)
+    stream = site.client().chat.completions.create(
+        model="upstream", messages=ask("Tell me a long story"), stream=True
+    )
+    received: list[str] = []
+    with pytest.raises(openai.APIError) as caught:
+        for chunk in stream:
+            received.extend(choice.delta.content or "" for choice in chunk.choices)
+    assert caught.value.message and "Traceback" not in caught.value.message
 
 
 # --- Guardrails see every word the provider sees ------------------------------------------------
