@@ -1,21 +1,18 @@
-"""The REST API against a real server: daphne in a subprocess (as `make run` serves it), the
-embedded dispatcher and channel layer, the demo model paced fast; a plain HTTP client
-(urllib), so that what is tested is what an integrator's script sees on the wire."""
+"""The REST API against a real server (api/tests/live.py: daphne in a subprocess, as `make run`
+serves it, the demo model paced fast) with a plain HTTP client (urllib), so that what is
+tested is what an integrator's script sees on the wire."""
 
 from __future__ import annotations
 
-import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import RestartableServer
+from api.tests.live import Api, assert_error, live_api
 
 pytestmark = pytest.mark.e2e
 
@@ -52,85 +49,10 @@ print(json.dumps({"alice": alice_key, "alice_read": alice_read, "revoked": revok
 """
 
 
-@dataclass(frozen=True)
-class Api:
-    server: RestartableServer
-    keys: dict[str, str]
-
-    def url(self, path: str) -> str:
-        return f"{self.server.base_url}/api/v1{path}"
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        key: str | None = "alice",
-        headers: dict[str, str] | None = None,
-    ) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, JSON body) of one request; `key` names a key of SETUP's."""
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        if key is not None:
-            all_headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(
-            self.url(path), data=data, method=method, headers=all_headers
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, dict(response.headers), json.loads(response.read())
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), json.loads(error.read())
-
-    def stream_request(self, body: dict[str, Any]) -> urllib.request.Request:
-        return urllib.request.Request(
-            self.url("/chat"),
-            data=json.dumps({**body, "stream": True}).encode(),
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Authorization": f"Bearer {self.keys['alice']}",
-            },
-        )
-
-    def stream(self, body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        """The Server-Sent Events of one streamed chat call, in order."""
-        request = self.stream_request(body)
-        events: list[tuple[str, dict[str, Any]]] = []
-        with urllib.request.urlopen(request, timeout=30) as response:
-            assert response.headers["Content-Type"].startswith("text/event-stream")
-            name = ""
-            for raw in response:
-                line = raw.decode().rstrip("\n")
-                if line.startswith("event: "):
-                    name = line[len("event: ") :]
-                elif line.startswith("data: "):
-                    events.append((name, json.loads(line[len("data: ") :])))
-        return events
-
-    def manage_python(self, code: str) -> str:
-        return self.server.manage("shell", "-c", code).strip()
-
-
 @pytest.fixture(scope="module")
 def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    data_dir: Path = tmp_path_factory.mktemp("rest-api")
-    server = RestartableServer(
-        data_dir, {"DEMO_FIRST_TOKEN_DELAY_MS": "0", "DEMO_TOKENS_PER_SECOND": "400"}
-    )
-    keys = json.loads(server.manage("shell", "-c", SETUP).strip().splitlines()[-1])
-    server.start()
-    try:
-        yield Api(server, keys)
-    finally:
-        server.stop()
-
-
-def assert_error(body: Any, code: str) -> None:
-    assert set(body) == {"error"}, body
-    assert body["error"]["code"] == code, body
-    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    with live_api(tmp_path_factory.mktemp("rest-api"), SETUP) as served:
+        yield served
 
 
 # --- Models and authentication ----------------------------------------------------------------
