@@ -189,20 +189,32 @@ def test_a_streamed_chat_answers_as_documented(fuzz_api: Api, schema: BaseSchema
     assert "event: done" in response.text
 
 
-@pytest.mark.parametrize("field", ["message", "model"])
+HALF_A_PAIR = "half a pair \ud800"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/chat", {"message": HALF_A_PAIR}),
+        ("/chat", {"message": "hello", "model": HALF_A_PAIR}),
+        ("/chat", {"message": "hello", "system_prompt": HALF_A_PAIR}),
+        ("/conversations", {"message": HALF_A_PAIR}),
+        ("/conversations", {"title": HALF_A_PAIR}),
+    ],
+    ids=["chat message", "chat model", "chat system_prompt", "new message", "new title"],
+)
 def test_a_string_that_is_not_unicode_is_refused_not_a_server_error(
-    fuzz_api: Api, schema: BaseSchema, field: str
+    fuzz_api: Api, schema: BaseSchema, path: str, body: dict[str, Any]
 ) -> None:
     """JSON can escape half of a surrogate pair ("\\ud800"), which no UTF-8 text holds and so
     no generator produces: the string fields still answer in the documented way, never 5xx."""
-    body: dict[str, Any] = {"message": "hello", field: "half a pair \ud800"}
-    case = schema["/api/v1/chat"]["POST"].Case(
+    case = schema[f"/api/v1{path}"]["POST"].Case(
         body=body,
         headers={"Authorization": f"Bearer {fuzz_api.keys['every']}"},
         media_type="application/json",
     )
     response = requests.post(
-        fuzz_api.url("/chat"),
+        fuzz_api.url(path),
         data=json.dumps(body).encode(),  # ASCII: the half pair escaped as \\ud800
         headers={**case.headers, "Content-Type": "application/json"},
         timeout=30,
