@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 CHAT_ERROR_STATUS: dict[str, int] = {
     "invalid": 422,
     "too_large": 413,
+    "tools_unsupported": 422,
     "model_unavailable": 403,  # refused at admission: unknown, disabled or not permitted
     "not_found": 404,
     "busy": 409,

@@ -20,6 +20,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from django.contrib.auth.decorators import login_not_required
@@ -38,8 +39,10 @@ from conversations.models import Conversation
 from conversations.services import ReplyOptions
 from enterprise_ai.client_ip import client_ip
 from observability import logcontext
+from providers.base import ChatMessage, ToolCall, ToolResult, ToolSpec
 from providers.models import AIModel
 from providers.registry import models_for_user
+from providers.window import merge_consecutive
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +114,8 @@ def from_chat_error(exc: ChatError) -> OpenAIError:
         )
     if code == "budget_exceeded":
         return OpenAIError(429, exc.reason, type="insufficient_quota", code="insufficient_quota")
+    if code == "tools_unsupported":
+        return OpenAIError(400, exc.reason, code="tools_unsupported", param="tools")
     if code == "busy":
         return OpenAIError(409, exc.reason, code="busy")
     if code == "not_found":
@@ -229,29 +234,118 @@ def _content_text(content: Any, index: int) -> str:
     raise _bad("`content` must be a string or a list of text parts.", f"messages[{index}].content")
 
 
-def conversation_text(messages: Any) -> str:
-    """The one user message stored and sent for `messages`.
+def _tool_calls(message: dict[str, Any], index: int) -> tuple[ToolCall, ...]:
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise _bad("`tool_calls` must be a list.", f"messages[{index}].tool_calls")
+    parsed = []
+    for call in calls:
+        function = call.get("function") if isinstance(call, dict) else None
+        if (
+            not isinstance(function, dict)
+            or not isinstance(call.get("id"), str)
+            or not isinstance(function.get("name"), str)
+        ):
+            raise _bad("A tool call needs an id and a function name.", f"messages[{index}]")
+        try:
+            arguments = json.loads(function.get("arguments") or "{}")
+        except (TypeError, ValueError):
+            raise _bad(
+                "A tool call's arguments must be a JSON object.", f"messages[{index}]"
+            ) from None
+        if not isinstance(arguments, dict):
+            raise _bad("A tool call's arguments must be a JSON object.", f"messages[{index}]")
+        parsed.append(ToolCall(id=call["id"], name=function["name"], arguments=arguments))
+    return tuple(parsed)
 
-    A single user message is stored as it is. Anything more (a system prompt, earlier turns)
-    is folded into it, each turn under its role, so that guardrails screen every word the
-    provider will see and the stored conversation shows exactly what was asked.
-    Raises OpenAIError (400).
+
+def _tool_line(call: ToolCall) -> str:
+    return f"[asks for tool {call.name} ({call.id}) with {json.dumps(dict(call.arguments))}]"
+
+
+def parse_messages(messages: Any) -> tuple[str, tuple[ChatMessage, ...]]:
+    """The one user message stored and screened for `messages`, and, when the request
+    carries tool calls or tool results, the turns as structured messages for the provider.
+
+    A single user message is stored as it is. Anything more (a system prompt, earlier turns,
+    tool calls and results) is folded into it, each turn under its role, so that guardrails
+    screen every word the provider will see and the stored conversation shows exactly what
+    was asked. Raises OpenAIError (400).
     """
     if not isinstance(messages, list) or not messages:
         raise _bad("`messages` must be a non-empty list.", "messages")
     turns: list[tuple[str, str]] = []
+    structured: list[ChatMessage] = []
+    names: dict[str, str] = {}  # tool call id -> tool name
+    with_tools = False
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise _bad("Each message must be an object.", f"messages[{index}]")
         role = message.get("role")
-        if role == "tool" or message.get("tool_calls"):
-            raise _bad("Tool messages are not supported.", f"messages[{index}]")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in names:
+                raise _bad(
+                    "A tool message needs the `tool_call_id` of an earlier assistant tool call.",
+                    f"messages[{index}].tool_call_id",
+                )
+            content = _content_text(message.get("content"), index)
+            with_tools = True
+            turns.append(("tool", f"{names[call_id]} ({call_id}) returned: {content}"))
+            result = ToolResult(call_id=call_id, name=names[call_id], content=content)
+            previous = structured[-1] if structured else None
+            if previous is not None and previous.tool_results:
+                structured[-1] = replace(previous, tool_results=(*previous.tool_results, result))
+            else:
+                structured.append(ChatMessage("user", "", tool_results=(result,)))
+            continue
         if role not in ROLES:
             raise _bad(f"Unknown role {role!r}.", f"messages[{index}].role")
-        turns.append((str(role), _content_text(message.get("content"), index)))
-    if turns[-1][0] != "user":
-        raise _bad("The last message must be the user's.", "messages")
-    return replies.folded(turns)
+        calls = _tool_calls(message, index) if role == "assistant" else ()
+        if message.get("tool_calls") and role != "assistant":
+            raise _bad("Only assistant messages carry tool calls.", f"messages[{index}]")
+        content = _content_text(message.get("content") or ("" if calls else None), index)
+        names.update({call.id: call.name for call in calls})
+        with_tools = with_tools or bool(calls)
+        text = "\n".join([content, *(_tool_line(call) for call in calls)]).strip()
+        turns.append((str(role), text))
+        if role in ("system", "developer"):
+            structured.append(ChatMessage("user", f"{str(role).capitalize()}: {content}"))
+        else:
+            structured.append(ChatMessage(role, content, tool_calls=calls))
+    if turns[-1][0] not in ("user", "tool"):
+        raise _bad("The last message must be the user's or a tool result.", "messages")
+    return replies.folded(turns), tuple(merge_consecutive(structured)) if with_tools else ()
+
+
+def _tools(body: dict[str, Any]) -> tuple[ToolSpec, ...]:
+    """The request's function tools. Raises OpenAIError (400)."""
+    if body.get("functions"):
+        raise _bad("`functions` is deprecated: use `tools`.", "functions")
+    tools = body.get("tools") or []
+    choice = body.get("tool_choice")
+    if choice not in (None, "auto", "none"):
+        raise _bad("Only tool_choice `auto` or `none` is supported.", "tool_choice")
+    if not isinstance(tools, list):
+        raise _bad("`tools` must be a list.", "tools")
+    specs = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise _bad("Only function tools are supported.", f"tools[{index}]")
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise _bad("A function tool needs a name.", f"tools[{index}]")
+        parameters = function.get("parameters", {"type": "object", "properties": {}})
+        description = function.get("description", "")
+        if not isinstance(parameters, dict) or not isinstance(description, str):
+            raise _bad(
+                "A function's parameters must be a JSON schema object, its description text.",
+                f"tools[{index}]",
+            )
+        specs.append(
+            ToolSpec(name=function["name"], description=description, parameters=parameters)
+        )
+    return () if choice == "none" else tuple(specs)
 
 
 def _positive_int(body: dict[str, Any], name: str) -> None:
@@ -264,8 +358,7 @@ def parse_completion(body: Any) -> dict[str, Any]:
     """What this endpoint uses of a chat completion request. Raises OpenAIError (400)."""
     if not isinstance(body, dict):
         raise _bad("The body must be a JSON object.")
-    if body.get("tools") or body.get("functions"):
-        raise _bad("Tools are not supported on this endpoint.", "tools")
+    tools = _tools(body)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("`model` is required: a model id from GET /v1/models.", "model")
@@ -293,12 +386,15 @@ def parse_completion(body: Any) -> dict[str, Any]:
     # max_completion_tokens is the current name, max_tokens the older one: either caps the
     # reply (never above the model's maximum), and the budget holds only that much.
     cap = body.get("max_completion_tokens") or body.get("max_tokens")
+    text, history = parse_messages(body.get("messages"))
     return {
         "model": model,
-        "text": conversation_text(body.get("messages")),
+        "text": text,
         "stream": stream,
         "include_usage": bool(options.get("include_usage")),
-        "options": ReplyOptions(max_output_tokens=cap, temperature=temperature),
+        "options": ReplyOptions(
+            max_output_tokens=cap, temperature=temperature, tools=tools, history=history
+        ),
     }
 
 
@@ -330,12 +426,33 @@ def completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": result["message"]},
+                "message": {
+                    "role": "assistant",
+                    "content": result["message"] or (None if result["tool_calls"] else ""),
+                    **(
+                        {"tool_calls": _openai_tool_calls(result, indexed=False)}
+                        if result["tool_calls"]
+                        else {}
+                    ),
+                },
                 "finish_reason": _finish_reason(result),
             }
         ],
         "usage": _usage(result),
     }
+
+
+def _openai_tool_calls(result: dict[str, Any], *, indexed: bool) -> list[dict[str, Any]]:
+    """The tool calls the model asked for, as OpenAI writes them (`index` in a stream)."""
+    return [
+        {
+            **({"index": index} if indexed else {}),
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["name"], "arguments": json.dumps(call["arguments"])},
+        }
+        for index, call in enumerate(result["tool_calls"])
+    ]
 
 
 def _chunk(
@@ -387,6 +504,9 @@ async def completion_stream(
         except ApiError as exc:
             yield _error_event(from_api_error(exc))
             return
+        if result["tool_calls"]:
+            calls = _openai_tool_calls(result, indexed=True)
+            yield _chunk(turn, model, created, {"tool_calls": calls})
         yield _chunk(turn, model, created, {}, _finish_reason(result))
         if include_usage:
             yield _chunk(turn, model, created, None, usage=_usage(result))

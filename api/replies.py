@@ -198,6 +198,12 @@ def turn_result(turn: Turn) -> dict[str, Any]:
         "cost": usage["cost"],
         "currency": usage["currency"],
         "cost_estimated": usage["estimated"],
+        # Calls of the caller's own tools the model asked for (OpenAI-compatible API).
+        "tool_calls": [
+            {"id": event["id"], "name": event["name"], "arguments": event["arguments"]}
+            for event in reply.tool_events or ()
+            if event.get("client")
+        ],
     }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from django.conf import settings
@@ -21,7 +21,7 @@ from conversations import inflight, selectors, services, streams
 from conversations.errors import with_error_id
 from conversations.models import Conversation, Message
 from costs.services import CallUsage
-from guardrails.services import reply_guard, system_prompt
+from guardrails.services import ReplyGuard, reply_guard, system_prompt
 from observability import logcontext
 from providers.base import (
     ChatMessage,
@@ -30,6 +30,7 @@ from providers.base import (
     ModelSpec,
     ProviderError,
     StateUpdate,
+    StopReason,
     TextDelta,
     ToolCall,
     ToolResult,
@@ -236,6 +237,27 @@ def _call_usage(turn: Turn, spec: ModelSpec, usage: Usage | None, text: str) -> 
     )
 
 
+def _client_call(call: ToolCall) -> dict[str, Any]:
+    """A call of one of the caller's tools, stored with the reply and returned to them."""
+    return {"id": call.id, "name": call.name, "arguments": dict(call.arguments), "client": True}
+
+
+def _guarded_history(guard: ReplyGuard, history: list[ChatMessage]) -> list[ChatMessage]:
+    """The caller's structured turns as the provider may see them: text redacted, the model's
+    earlier tool calls redacted like its own turns, and tool results screened for injected
+    instructions, redacted and delimited as data, exactly like the product's own tools'."""
+    guarded = []
+    for message in history:
+        if message.tool_calls:
+            guarded.append(guard.own_turn(message))
+        elif message.tool_results:
+            results = tuple(guard.tool_result(result) for result in message.tool_results)
+            guarded.append(replace(guard.messages([message])[0], tool_results=results))
+        else:
+            guarded.extend(guard.messages([message]))
+    return guarded
+
+
 def _record_tool(turn: Turn, call: ToolCall, result: ToolResult) -> dict[str, Any]:
     stored = result.content
     if len(stored) > TOOL_RESULT_STORED_CHARS:
@@ -307,8 +329,15 @@ def _reply_generate(reply: Message, tracked: inflight.Tracked) -> None:
         # Guardrails: the provider sees placeholders instead of personal data and secrets
         # (redact mode), in every message of the window, with one mapping for the reply.
         guard = reply_guard(reply=reply)
-        turn.history = guard.messages(_history(reply))
-        turn.tools = [tool.spec() for tool in tools_for(user)]
+        client_tools = [ToolSpec(**tool) for tool in turn.options.get("tools", ())]
+        if turn.options.get("history"):
+            # The caller's own turns (tool calls and their results), structured.
+            turn.history = _guarded_history(guard, services.history_from(turn.options["history"]))
+        else:
+            turn.history = guard.messages(_history(reply))
+        # The caller's tools replace the product's own: a call to one ends the reply and
+        # goes back to the caller, who runs it (OpenAI-compatible API).
+        turn.tools = client_tools or [tool.spec() for tool in tools_for(user)]
         turn.state = _state_for(conversation, spec, reply)
         turn.answered_by = spec.key
         tool_rounds = 0
@@ -361,6 +390,10 @@ def _reply_generate(reply: Message, tracked: inflight.Tracked) -> None:
                 status, turn.stop_reason = Message.Status.CANCELLED, "stopped"
                 break
             if not calls:
+                break
+            if client_tools:
+                turn.tool_events += [_client_call(call) for call in calls]
+                turn.stop_reason = StopReason.TOOL_USE.value
                 break
             if tool_rounds >= settings.CHAT_MAX_TOOL_ROUNDS:
                 turn.stop_reason = "tool_rounds_exhausted"

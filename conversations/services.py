@@ -6,6 +6,7 @@ the reply task, broadcasting to sockets) run on commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -48,9 +49,9 @@ from guardrails.services import (
     screening_record,
 )
 from observability import metrics
-from providers.base import ChatMessage
-from providers.registry import UnknownModel, get_model, model_for_user
-from providers.window import input_budget, message_tokens
+from providers.base import ChatMessage, ToolCall, ToolResult, ToolSpec
+from providers.registry import UnknownModel, get_model, model_for_user, supports_tools
+from providers.window import input_budget, message_tokens, tools_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +72,40 @@ class SendResult:
     notice: str = ""
 
 
+MAX_CLIENT_TOOLS = 64
+MAX_CLIENT_TOOLS_CHARS = 100_000
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 @dataclass(frozen=True)
 class ReplyOptions:
-    """A caller's settings for one reply (the API's max_tokens and temperature).
+    """A caller's settings for one reply (the API's max_tokens, temperature and tools).
 
     `max_output_tokens` can only lower the model's maximum: the budget holds the worst case
-    of that lower figure. Validated here, so every entry point gets the same answer.
+    of that lower figure. `tools` are the caller's own tools (OpenAI-compatible API): offered
+    to the model, never run here; a call the model asks for ends the reply and is returned to
+    the caller. `history` is the turns of this call as structured messages (assistant tool
+    calls, tool results) when the caller sent them, so the provider gets them natively; the
+    stored user message still holds their text (screened, shown, audited). Validated here, so
+    every entry point gets the same answer.
     """
 
     max_output_tokens: int | None = None
     temperature: float | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    history: tuple[ChatMessage, ...] = ()
 
     def __post_init__(self) -> None:
+        if len(self.tools) > MAX_CLIENT_TOOLS:
+            raise ChatError("invalid", f"At most {MAX_CLIENT_TOOLS} tools can be offered.")
+        names = [tool.name for tool in self.tools]
+        if any(not _TOOL_NAME.match(name) for name in names) or len(set(names)) != len(names):
+            raise ChatError(
+                "invalid", "Tool names must be unique, 1 to 64 letters, digits, _ or -."
+            )
+        size = sum(len(tool.description) + len(json.dumps(tool.parameters)) for tool in self.tools)
+        if size > MAX_CLIENT_TOOLS_CHARS:
+            raise ChatError("too_large", "The tools' descriptions and schemas are too long.")
         cap = self.max_output_tokens
         if cap is not None and (type(cap) is not int or cap < 1):
             raise ChatError("invalid", "The most output tokens must be a positive whole number.")
@@ -106,7 +129,50 @@ class ReplyOptions:
             values["max_output_tokens"] = self.max_output_tokens
         if self.temperature is not None:
             values["temperature"] = float(self.temperature)
+        if self.tools:
+            values["tools"] = [
+                {"name": t.name, "description": t.description, "parameters": dict(t.parameters)}
+                for t in self.tools
+            ]
+        if self.history:
+            values["history"] = [history_item(message) for message in self.history]
         return values
+
+    def audited(self) -> dict[str, Any]:
+        """What the audit event records: the settings and the tools' names, not the text."""
+        values = self.stored()
+        values.pop("history", None)
+        if self.tools:
+            values["tools"] = [tool.name for tool in self.tools]
+        return values
+
+
+def history_item(message: ChatMessage) -> dict[str, Any]:
+    """A structured turn as stored in Message.options["history"]."""
+    item: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        item["tool_calls"] = [
+            {"id": c.id, "name": c.name, "arguments": dict(c.arguments)} for c in message.tool_calls
+        ]
+    if message.tool_results:
+        item["tool_results"] = [
+            {"call_id": r.call_id, "name": r.name, "content": r.content, "is_error": r.is_error}
+            for r in message.tool_results
+        ]
+    return item
+
+
+def history_from(items: list[dict[str, Any]]) -> list[ChatMessage]:
+    """The turns stored by `history_item`."""
+    return [
+        ChatMessage(
+            item["role"],
+            item.get("content", ""),
+            tool_calls=tuple(ToolCall(**call) for call in item.get("tool_calls", ())),
+            tool_results=tuple(ToolResult(**result) for result in item.get("tool_results", ())),
+        )
+        for item in items
+    ]
 
 
 def title_from_text(text: str) -> str:
@@ -322,10 +388,16 @@ def _message_send(
         )
         raise ChatError("model_unavailable", "That model is not available to you.") from None
 
+    if options.tools and not supports_tools(model):
+        raise ChatError(
+            "tools_unsupported",
+            f"{model.display_name} cannot use tools: pick a model that can, or leave them out.",
+        )
     budget = input_budget(
         context_window=model.context_window,
         max_output_tokens=options.output_cap(model),
         system_prompt=settings.CHAT_SYSTEM_PROMPT,
+        tools=options.tools,
     )
     if message_tokens(ChatMessage("user", text)) > budget:
         raise ChatError(
@@ -473,6 +545,7 @@ def _message_store(
     input_budget_tokens = input_budget(
         context_window=model.context_window,
         max_output_tokens=options.output_cap(model),
+        tools=options.tools,
         system_prompt=settings.CHAT_SYSTEM_PROMPT,
     )
     created = conversation_id is None
@@ -533,7 +606,8 @@ def _message_store(
         model=model,
         input_tokens=_input_estimate(
             conversation=conversation, model=model, budget=input_budget_tokens
-        ),
+        )
+        + tools_tokens(options.tools),
         max_output_tokens=options.max_output_tokens,
         api_key=api_key,
     )
@@ -554,7 +628,7 @@ def _message_store(
             "new_conversation": created,
             "source": str(source),
             **({"api_key": api_key.prefix} if api_key is not None else {}),
-            **({"options": options.stored()} if options.stored() else {}),
+            **({"options": options.audited()} if options.audited() else {}),
             **({"budget_alerts": alerts} if alerts else {}),
         },
     )
@@ -640,7 +714,7 @@ def conversation_delete(*, actor: User, public_id: UUID) -> Conversation:
                     "busy", "A reply is still being written in this conversation. Stop it first."
                 )
             erased = Message.objects.filter(conversation=conversation).update(
-                content="", tool_events=[], notice="", error=""
+                content="", tool_events=[], notice="", error="", options={}
             )
             conversation.title = ""
             conversation.provider_state = {}

@@ -226,6 +226,8 @@ class Provider(abc.ABC):
 
     #: The name the model catalogue uses for this provider.
     name: str
+    #: Whether its models can be offered tools (ChatRequest.tools) and ask for them.
+    supports_tools: bool = True
 
     def __init__(self, spec: ModelSpec, *, timeouts: ProviderTimeouts | None = None) -> None:
         self.spec = spec

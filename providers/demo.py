@@ -56,6 +56,7 @@ def demo_reply(prompt: str) -> str:
 
 class DemoProvider(Provider):
     name = "demo"
+    supports_tools = False  # canned text: it never asks for a tool
 
     def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
         options = self.spec.options

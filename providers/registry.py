@@ -102,6 +102,12 @@ def get_model(key: str) -> ModelSpec:
     return _spec(row)
 
 
+def supports_tools(spec: ModelSpec) -> bool:
+    """Whether the model's provider can be offered tools (an unknown provider: no)."""
+    provider_class = PROVIDERS.get(resolve_openai_driver(spec.provider))
+    return bool(provider_class and provider_class.supports_tools)
+
+
 def provider_for(spec: ModelSpec, *, timeouts: ProviderTimeouts | None = None) -> Provider:
     """A provider instance for one call to this model. Raises UnknownModel."""
     try:

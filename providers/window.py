@@ -38,11 +38,16 @@ def input_budget(
     tools: Sequence[ToolSpec] = (),
 ) -> int:
     """Tokens left for the conversation once the reply, system prompt and tools are counted."""
-    fixed = estimate_tokens(system_prompt) + sum(
+    fixed = estimate_tokens(system_prompt) + tools_tokens(tools)
+    return context_window - max_output_tokens - fixed
+
+
+def tools_tokens(tools: Sequence[ToolSpec]) -> int:
+    """Estimated input tokens of the tools offered to a model (names, descriptions, schemas)."""
+    return sum(
         estimate_tokens(tool.name + tool.description + json.dumps(dict(tool.parameters)))
         for tool in tools
     )
-    return context_window - max_output_tokens - fixed
 
 
 def fit_window(messages: Sequence[ChatMessage], *, budget: int) -> list[ChatMessage]:

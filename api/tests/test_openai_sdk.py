@@ -280,12 +280,13 @@ def test_a_guardrail_block_is_a_bad_request(site: Site) -> None:
 
 def test_invalid_parameters_are_bad_requests(site: Site) -> None:
     client = site.client()
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     bad: list[dict[str, Any]] = [
         {"max_tokens": 0},
         {"temperature": 3},
-        {"tools": [tool]},
+        {"tools": [{"type": "code_interpreter"}]},
+        {"tools": [WEATHER], "tool_choice": "required"},
         {"messages": [{"role": "assistant", "content": "I speak last"}]},
+        {"messages": [{"role": "tool", "tool_call_id": "nobody_asked", "content": "42"}]},
     ]
     for extra in bad:
         with pytest.raises(openai.BadRequestError) as caught:
@@ -353,6 +354,110 @@ def test_a_provider_failure_mid_stream_raises_in_the_sdk(site: Site) -> None:
         for chunk in stream:
             received.extend(choice.delta.content or "" for choice in chunk.choices)
     assert caught.value.message and "Traceback" not in caught.value.message
+
+
+# --- The caller's own tools -------------------------------------------------------------------
+
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city now.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_a_tool_call_goes_back_to_the_caller_and_its_result_to_the_model(site: Site) -> None:
+    site.upstream.reset()
+    site.upstream.script_tool_call("get_weather", {"city": "Paris"}, call_id="call_w1")
+    client = site.client()
+    question = ask("What is the weather in Paris?")
+    first = client.chat.completions.create(model="upstream", messages=question, tools=[WEATHER])
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls or []
+    assert call.id == "call_w1" and call.type == "function"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    (request,) = site.upstream.model_requests()
+    assert [t["function"]["name"] for t in request.body["tools"]] == ["get_weather"]
+
+    # The caller runs the tool and sends its result back: the model gets it natively.
+    site.upstream.reset()
+    second = client.chat.completions.create(
+        model="upstream",
+        tools=[WEATHER],
+        messages=[
+            *question,
+            choice.message.model_dump(exclude_none=True),  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": "call_w1", "content": "18 degrees, sunny"},
+        ],
+    )
+    assert second.choices[0].finish_reason == "stop" and second.choices[0].message.content
+    (request,) = site.upstream.model_requests()
+    sent = request.body["messages"]
+    assert sent[-2]["role"] == "assistant" and sent[-2]["tool_calls"][0]["id"] == "call_w1"
+    assert sent[-1]["role"] == "tool" and sent[-1]["tool_call_id"] == "call_w1"
+    assert "18 degrees, sunny" in sent[-1]["content"]  # delimited as data, like our own tools'
+    # The stored conversation shows every word that was sent.
+    content, source = site.stored_reply(second.id)
+    assert source == "openai" and content == second.choices[0].message.content
+
+
+def test_a_streamed_tool_call_arrives_in_chunks_the_sdk_assembles(site: Site) -> None:
+    site.upstream.reset()
+    site.upstream.script_tool_call("get_weather", {"city": "Oslo"}, call_id="call_s1")
+    stream = site.client().chat.completions.create(
+        model="upstream", messages=ask("Weather in Oslo?"), tools=[WEATHER], stream=True
+    )
+    calls: dict[int, dict[str, str]] = {}
+    finish = None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for delta in choice.delta.tool_calls or []:
+                entry = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                entry["id"] += delta.id or ""
+                entry["name"] += (delta.function and delta.function.name) or ""
+                entry["arguments"] += (delta.function and delta.function.arguments) or ""
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls"
+    assert calls[0]["id"] == "call_s1" and calls[0]["name"] == "get_weather"
+    assert json.loads(calls[0]["arguments"]) == {"city": "Oslo"}
+
+
+def test_a_tool_result_with_personal_data_is_redacted_for_the_model(site: Site) -> None:
+    site.upstream.reset()
+    messages: Any = [
+        *ask("Look up the customer"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_c1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_c1", "content": f"Card on file: {CARD}"},
+    ]
+    with site.policy(dlp_mode="redact"):
+        site.client().chat.completions.create(model="upstream", messages=messages, tools=[WEATHER])
+    (request,) = site.upstream.model_requests()
+    sent = json.dumps(request.body)
+    assert "[CARD_1]" in sent and CARD not in sent
+
+
+def test_tools_on_a_model_that_cannot_use_them_are_a_bad_request(site: Site) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        site.client().chat.completions.create(model="demo", messages=ask(), tools=[WEATHER])
+    assert caught.value.code == "tools_unsupported"
 
 
 # --- Guardrails see every word the provider sees ------------------------------------------------
