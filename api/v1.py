@@ -113,7 +113,7 @@ class ModelsOut(Schema):
 
 
 class ChatIn(Schema):
-    message: StrictStr = Field(description="The user's message.")
+    message: StrictStr = Field(min_length=1, description="The user's message.")
     conversation_id: uuid.UUID | None = Field(None, description="Continue this conversation.")
     model: StrictStr | None = Field(None, description="A model id from GET /models.")
     system_prompt: StrictStr | None = Field(
@@ -131,6 +131,7 @@ class ChatIn(Schema):
 
 class ConversationIn(Schema):
     title: StrictStr = Field("", max_length=200, description="Empty: named by its first message.")
+    stream: StrictBool = Field(False, description="With `message`: as in POST /chat.")
     model: StrictStr | None = Field(None, description="A model id from GET /models.")
     message: StrictStr | None = Field(
         None,
@@ -234,7 +235,75 @@ async def models_list(request: HttpRequest) -> dict[str, Any]:
     }
 
 
-@api.post("/chat", response={200: ChatOut, **ERRORS}, auth=ApiKeyAuth("chat"), tags=["chat"])
+def _sse_event(name: str, data: dict[str, Any]) -> dict[str, Any]:
+    """One Server-Sent Event: its name, and its `data` line as JSON of schema `data`."""
+    return {
+        "type": "object",
+        "required": ["event", "data"],
+        "properties": {
+            "event": {"const": name},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": data,
+            },
+        },
+    }
+
+
+_TEXT = {"type": "string"}
+# With `stream: true` the 200 answer is Server-Sent Events rather than JSON; each event is
+# described (as OpenAPI 3.1 tools read text/event-stream): its name and its JSON data.
+SSE_ANSWER = {
+    "responses": {
+        200: {
+            "content": {
+                "text/event-stream": {
+                    "schema": {
+                        "description": "`delta` {text} …, `notice` {message}, then `done` (the "
+                        "JSON answer) or `error` {code, message}.",
+                        "oneOf": [
+                            _sse_event(
+                                "delta",
+                                {
+                                    "type": "object",
+                                    "required": ["text"],
+                                    "properties": {"text": _TEXT},
+                                },
+                            ),
+                            _sse_event(
+                                "notice",
+                                {
+                                    "type": "object",
+                                    "required": ["message"],
+                                    "properties": {"message": _TEXT},
+                                },
+                            ),
+                            _sse_event("done", {"$ref": "#/components/schemas/ChatOut"}),
+                            _sse_event(
+                                "error",
+                                {
+                                    "type": "object",
+                                    "required": ["code", "message"],
+                                    "properties": {"code": _TEXT, "message": _TEXT},
+                                },
+                            ),
+                        ],
+                    }
+                }
+            }
+        }
+    }
+}
+
+
+@api.post(
+    "/chat",
+    response={200: ChatOut, **ERRORS},
+    auth=ApiKeyAuth("chat"),
+    tags=["chat"],
+    openapi_extra=SSE_ANSWER,
+)
 async def chat(request: HttpRequest, payload: ChatIn) -> Any:
     """Send a message and get the reply, whole or (`stream: true`) as Server-Sent Events:
     `delta` {text} …, then `done` (this endpoint's JSON answer) or `error` {code, message}."""
@@ -278,6 +347,7 @@ async def _chat_turn(
     response={201: ConversationDetailOut, 200: ChatOut, **ERRORS},
     auth=ApiKeyAuth("conversations:write"),
     tags=["conversations"],
+    openapi_extra=SSE_ANSWER,
 )
 async def conversation_create(request: HttpRequest, payload: ConversationIn) -> Any:
     """Start a conversation: empty (201, the new conversation), or with an initial `message`

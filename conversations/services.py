@@ -184,6 +184,16 @@ def title_from_text(text: str) -> str:
     return title or "New conversation"
 
 
+def storable(text: str) -> bool:
+    """Whether `text` can be stored and sent: UTF-8 encodable. JSON can carry half a
+    surrogate pair (\\ud800), which no database, log or provider accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _validate_text(text: object) -> str:
     if not isinstance(text, str):
         raise ChatError("invalid", "The message must be text.")
@@ -192,6 +202,8 @@ def _validate_text(text: object) -> str:
     if "\x00" in text:
         # PostgreSQL cannot store a NUL in text; no keyboard types one either.
         raise ChatError("invalid", "The message contains a NUL character, which is not allowed.")
+    if not storable(text):
+        raise ChatError("invalid", "The message is not valid Unicode text (a lone surrogate).")
     if len(text) > settings.CHAT_MAX_MESSAGE_CHARS:
         raise ChatError(
             "too_large",
@@ -375,8 +387,8 @@ def _message_send(
     text = _validate_text(text)
     if not isinstance(model_key, str):
         raise ChatError("invalid", "The model must be given by its name.")
-    if "\x00" in model_key:  # not a model's name, and PostgreSQL cannot store it (audit)
-        raise ChatError("invalid", "The model name contains a NUL character.")
+    if "\x00" in model_key or not storable(model_key):  # no model's name; unstorable (audit)
+        raise ChatError("invalid", "The model name contains a character that is not allowed.")
     try:
         model = model_for_user(model_key, actor)
     except UnknownModel:
@@ -653,11 +665,11 @@ def conversation_create(
     if not isinstance(title, str):
         raise ChatError("invalid", "The title must be text.")
     title = " ".join(title.split())
-    if "\x00" in title:
-        raise ChatError("invalid", "The title contains a NUL character.")
+    if "\x00" in title or not storable(title):
+        raise ChatError("invalid", "The title contains a character that is not allowed.")
     if len(title) > TITLE_MAX:
         raise ChatError("too_large", f"A title has at most {TITLE_MAX} characters.")
-    if not isinstance(model_key, str) or "\x00" in model_key:
+    if not isinstance(model_key, str) or "\x00" in model_key or not storable(model_key):
         raise ChatError("invalid", "The model must be given by its name.")
     try:
         model = model_for_user(model_key, actor)

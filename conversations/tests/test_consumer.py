@@ -227,6 +227,9 @@ async def test_oversized_frame_is_refused_before_parsing(owner, session_cookie) 
         # PostgreSQL cannot store a NUL: refused as invalid, never an internal error.
         ('{"type": "send", "text": "a\\u0000b", "model": "demo"}', "invalid"),
         ('{"type": "send", "text": "hi", "model": "demo\\u0000"}', "invalid"),
+        # Half a surrogate pair: refused with the frame, never an internal error.
+        ('{"type": "send", "text": "a\\ud800b", "model": "demo"}', "bad_json"),
+        ('{"type": "send", "text": "hi", "model": "demo\\udfff"}', "bad_json"),
         ('{"type": "send", "text": "hi", "model": "gpt-unknown"}', "model_unavailable"),
         ('{"type": "send", "text": "hi", "conversation": "not-a-uuid"}', "invalid"),
         ('{"type": "stop", "message": null}', "invalid"),
