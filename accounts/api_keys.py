@@ -10,8 +10,10 @@ choose, so a slow password hash (argon2) would add latency to every API call and
 protection: nobody can guess such a key by brute force, however fast the hash. The stored
 value is an HMAC-SHA256 of the whole key with a pepper derived from SECRET_KEY
 (`salted_hmac`), so a copy of the database alone cannot even confirm a key found elsewhere.
-Comparison is in constant time. Rotating SECRET_KEY invalidates every key (documented in
-docs/api.md).
+Comparison is in constant time. Rotating SECRET_KEY keeps keys working while the old value is
+in SECRET_KEY_FALLBACKS: a key that matches under a fallback is re-hashed under the new
+SECRET_KEY on its next use (docs/security.md). Without the fallback, every key not yet used
+since the rotation stops working.
 """
 
 from __future__ import annotations
@@ -60,8 +62,22 @@ class ApiKeyRefused(Exception):
         self.retry_after = retry_after
 
 
-def _hash(raw: str) -> str:
-    return salted_hmac(HMAC_SALT, raw, algorithm="sha256").hexdigest()
+def _hash(raw: str, secret: str | None = None) -> str:
+    return salted_hmac(HMAC_SALT, raw, secret=secret, algorithm="sha256").hexdigest()
+
+
+def _matches(key: ApiKey, raw: str) -> bool:
+    """Whether `raw` is `key`'s secret. A key hashed under a previous SECRET_KEY (listed in
+    SECRET_KEY_FALLBACKS while it is rotated) matches too and is re-hashed under the current
+    one, so that dropping the fallback later does not invalidate it."""
+    if constant_time_compare(key.secret_hash, _hash(raw)):
+        return True
+    for fallback in settings.SECRET_KEY_FALLBACKS:
+        if constant_time_compare(key.secret_hash, _hash(raw, fallback)):
+            key.secret_hash = _hash(raw)
+            ApiKey.objects.filter(pk=key.pk).update(secret_hash=key.secret_hash)
+            return True
+    return False
 
 
 def _target(key: ApiKey) -> tuple[str, str]:
@@ -287,7 +303,7 @@ def api_key_authenticate(*, raw: str, ip: str | None, scope: str) -> ApiKey:
         )
     prefix = f"{KEY_PREFIX}{match.group(1)}"
     key = ApiKey.objects.select_related("owner").filter(prefix=prefix).first()
-    if key is None or not constant_time_compare(key.secret_hash, _hash(raw)):
+    if key is None or not _matches(key, raw):
         raise _refuse("invalid_key", "Invalid API key.", key=None, prefix=prefix, details={})
     now = timezone.now()
     if key.revoked_at is not None:

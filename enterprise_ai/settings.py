@@ -65,6 +65,10 @@ else:
     )
 if len(SECRET_KEY) < 32:
     raise ImproperlyConfigured("SECRET_KEY must be at least 32 characters long.")
+# Rotating SECRET_KEY: the previous keys, comma-separated (also SECRET_KEY_FALLBACKS_FILE),
+# still verify sessions, signed values and API keys (which are then re-hashed under the new
+# key on their next use) until they are removed. docs/security.md, "Rotating SECRET_KEY".
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS")
 
 if EMBEDDED:
     ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])

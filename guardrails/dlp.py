@@ -206,6 +206,7 @@ _API_KEYS = re.compile(
     r"|xox[abposr]-[A-Za-z0-9-]{10,}"  # Slack
     r"|AIza[0-9A-Za-z_-]{35}"  # Google
     r"|eyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"  # a JWT
+    r"|eai_[a-z0-9]{8}_[A-Za-z0-9_-]{20,100}"  # this product's own API keys
     r")"
 )
 # A value given to a setting, header, query parameter or JSON field named like a credential:
@@ -230,7 +231,7 @@ _URL_PASSWORD = re.compile(r"(?i:\b[a-z][a-z0-9+.-]{0,30})://[^\s:/?#@]*:([^\s/?
 SECRET_HINTS = (
     "private key", "akia", "asia", "secret", "bearer", "basic", "key", "token", "passw",
     "pwd", "passphrase", "sk-", "sk_", "rk_", "pk_", "ghp_", "gho_", "ghu_", "ghs_",
-    "ghr_", "github_pat_", "glpat-", "xox", "aiza", "eyj",
+    "ghr_", "github_pat_", "glpat-", "xox", "aiza", "eyj", "eai_",
 )  # fmt: skip
 
 Matcher = Callable[[str], Iterable[Finding]]

@@ -381,3 +381,25 @@ def test_a_service_account_cannot_sign_in_but_its_keys_work(owner) -> None:
     assert "_auth_user_id" not in client.session
     _, raw = _create(owner, actor=None)
     assert api_key_authenticate(raw=raw, ip=None, scope="chat").owner == owner
+
+
+# --- Rotating SECRET_KEY ----------------------------------------------------------------------
+
+
+def test_a_rotated_secret_key_keeps_keys_working_through_its_fallback(owner, settings) -> None:
+    key, raw = _create(owner, scopes=["chat"])
+    old_hash = key.secret_hash
+    previous = settings.SECRET_KEY
+    settings.SECRET_KEY = "a-new-secret-key-for-the-rotation-test-0123456789"
+
+    settings.SECRET_KEY_FALLBACKS = []
+    with pytest.raises(ApiKeyRefused):  # without the fallback the key no longer matches
+        api_key_authenticate(raw=raw, ip=None, scope="chat")
+
+    settings.SECRET_KEY_FALLBACKS = [previous]
+    assert api_key_authenticate(raw=raw, ip=None, scope="chat").pk == key.pk
+    key.refresh_from_db()
+    assert key.secret_hash != old_hash  # re-hashed under the new key on this use...
+
+    settings.SECRET_KEY_FALLBACKS = []  # ...so the fallback can go
+    assert api_key_authenticate(raw=raw, ip=None, scope="chat").pk == key.pk

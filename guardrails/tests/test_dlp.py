@@ -58,6 +58,10 @@ def found(text: str, detectors: list[str] | None = None) -> list[tuple[str, str]
             "token ghp_16C7e42F292c6912E7710c838347Ae178B4a",
             [("TOKEN", "ghp_16C7e42F292c6912E7710c838347Ae178B4a")],
         ),
+        (  # this product's own API keys, e.g. pasted into a chat
+            "use eai_k3v9x2qa_Q2x9fLm3Pq7Zr8Tt6Yw1Vb4Nc5Hd0Je2Kg9Lp3Ms7Ua please",
+            [("TOKEN", "eai_k3v9x2qa_Q2x9fLm3Pq7Zr8Tt6Yw1Vb4Nc5Hd0Je2Kg9Lp3Ms7Ua")],
+        ),
         (f"x\n{PEM}\ny", [("PRIVATE_KEY", PEM)]),
         (
             "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq (cut off)",
