@@ -209,7 +209,6 @@ class ApiKeyAdmin(AuditedAdminMixin, admin.ModelAdmin):  # type: ignore[misc]
             return [*fields, "budget_limit", "budget_period"]
         return [*fields, *self.readonly_fields]
 
-
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         if obj is None:
             return ()
