@@ -226,9 +226,15 @@ def sse(event: str, data: dict[str, Any]) -> str:
 
 
 async def turn_stream(turn: Turn) -> AsyncIterator[str]:
-    """Server-Sent Events: `delta` {text} …, then `done` (the stored reply, as the non-stream
-    answer) or `error` {code, message}. A client that goes away stops the reply."""
+    """Server-Sent Events: `accepted` {conversation_id, message_id} at once (so the status
+    and headers go out as soon as the message is admitted), `delta` {text} …, then `done`
+    (the stored reply, as the non-stream answer) or `error` {code, message}. A client that
+    goes away stops the reply."""
     try:
+        yield sse(
+            "accepted",
+            {"conversation_id": str(turn.conversation_id), "message_id": str(turn.message_id)},
+        )
         async for event in turn_events(turn):
             kind = event.get("type")
             if kind == "chat.delta":

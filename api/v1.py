@@ -260,9 +260,21 @@ SSE_ANSWER = {
             "content": {
                 "text/event-stream": {
                     "schema": {
-                        "description": "`delta` {text} …, `notice` {message}, then `done` (the "
-                        "JSON answer) or `error` {code, message}.",
+                        "description": "`accepted` {conversation_id, message_id}, `delta` "
+                        "{text} …, `notice` {message}, then `done` (the JSON answer) or `error` "
+                        "{code, message}.",
                         "oneOf": [
+                            _sse_event(
+                                "accepted",
+                                {
+                                    "type": "object",
+                                    "required": ["conversation_id", "message_id"],
+                                    "properties": {
+                                        "conversation_id": {"type": "string", "format": "uuid"},
+                                        "message_id": {"type": "string", "format": "uuid"},
+                                    },
+                                },
+                            ),
                             _sse_event(
                                 "delta",
                                 {

@@ -135,10 +135,15 @@ def test_chat_answers_with_the_reply_its_usage_and_cost(api: Api) -> None:
 def test_chat_streams_deltas_then_done_with_the_stored_reply(api: Api) -> None:
     events = api.stream({"message": "Stream this, please"})
     names = [name for name, _ in events]
-    assert names[-1] == "done", events
+    assert names[0] == "accepted" and names[-1] == "done", events
     assert names.count("delta") >= 2
-    assert set(names[:-1]) <= {"delta", "notice"}
+    assert set(names[1:-1]) <= {"delta", "notice"}
     done = events[-1][1]
+    # The ids come first, before any text: enough to stop or look up the reply.
+    assert events[0][1] == {
+        "conversation_id": done["conversation_id"],
+        "message_id": done["message_id"],
+    }
     streamed = "".join(data["text"] for name, data in events if name == "delta")
     assert streamed == done["message"]
     assert done["usage"]["output_tokens"] > 0
