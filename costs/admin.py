@@ -297,14 +297,14 @@ class BudgetForm(forms.ModelForm):
         group, user = cleaned.get("group"), cleaned.get("user")
         api_key = cleaned.get("api_key")
         if api_key is not None and scope != Budget.Scope.API_KEY:
-            self.add_error("api_key", "Only an API key's budget names a key: leave it empty.")
+            self.add_error("api_key", "Only a budget for an API key names a key: leave it empty.")
         if scope == Budget.Scope.API_KEY:
             if api_key is None and "api_key" not in self.errors:
-                self.add_error("api_key", "An API key's budget needs a key.")
+                self.add_error("api_key", "A budget for an API key needs a key.")
             if group is not None:
-                self.add_error("group", "An API key's budget names no department.")
+                self.add_error("group", "A budget for an API key names no department.")
             if user is not None:
-                self.add_error("user", "An API key's budget names no person: the key does.")
+                self.add_error("user", "A budget for an API key names no person: the key does.")
         if scope == Budget.Scope.ORGANISATION:
             if group is not None:
                 self.add_error(

@@ -13,13 +13,14 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from accounts.api_keys import api_key_create
 from accounts.models import User
 from audit.catalogue import AuditAction
 from audit.models import AuditEvent
 from conftest import PASSWORD
 from conversations.models import Conversation, Message
 from costs.models import Budget, BudgetWindow, CostEntry, ModelPrice
-from costs.services import period_bounds
+from costs.services import budgets_for, period_bounds
 from providers.models import AIModel
 
 pytestmark = pytest.mark.django_db
@@ -45,6 +46,7 @@ def budget_form(**overrides: Any) -> dict[str, Any]:
         "scope": "organisation",
         "group": "",
         "user": "",
+        "api_key": "",
         "period": "monthly",
         "limit_amount": "500.00",
         "limit_tokens": "",
@@ -232,15 +234,27 @@ def test_administrator_adds_a_personal_budget(administrator, owner) -> None:
             "group",
             "A personal budget names no department",
         ),
+        ({"scope": "api_key"}, "api_key", "A budget for an API key needs a key."),
+        (
+            {"scope": "user", "user": "USER", "api_key": "KEY"},
+            "api_key",
+            "Only a budget for an API key names a key",
+        ),
+        (
+            {"scope": "api_key", "api_key": "KEY", "user": "USER"},
+            "user",
+            "A budget for an API key names no person",
+        ),
         ({"limit_amount": "-1"}, "limit_amount", "A limit cannot be negative."),
         ({"warn_percent": "150"}, "warn_percent", "Warn at a percentage between 1 and 100."),
     ],
 )
 def test_budget_form_explains_a_wrong_target(administrator, owner, fields, field, message) -> None:
     sales = Group.objects.create(name="Sales")
+    key, _ = api_key_create(owner=owner, name="job", scopes=["chat"], actor=owner)
     values = {
-        key: {"GROUP": sales.pk, "USER": owner.pk}.get(value, value)
-        for key, value in fields.items()
+        name: {"GROUP": sales.pk, "USER": owner.pk, "KEY": key.pk}.get(value, value)
+        for name, value in fields.items()
     }
     response = client_for(administrator).post(f"{BUDGETS}add/", budget_form(**values))
     assert response.status_code == 200  # the form again, not an IntegrityError
@@ -250,6 +264,21 @@ def test_budget_form_explains_a_wrong_target(administrator, owner, fields, field
     assert message in response.content.decode()
     assert not Budget.objects.exists()
     assert not AuditEvent.objects.filter(action=AuditAction.ADMIN_ADD).exists()
+
+
+def test_an_api_keys_budget_is_created_in_the_console_and_applies_to_that_key(
+    administrator, owner
+) -> None:
+    key, _ = api_key_create(owner=owner, name="job", scopes=["chat"], actor=owner)
+    other, _ = api_key_create(owner=owner, name="other", scopes=["chat"], actor=owner)
+    response = client_for(administrator).post(
+        f"{BUDGETS}add/", budget_form(name="Job key", scope="api_key", api_key=key.pk)
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    budget = Budget.objects.get(name="Job key")
+    assert budget.api_key == key
+    assert budget in budgets_for(owner, key)
+    assert budget not in budgets_for(owner, other) and budget not in budgets_for(owner)
 
 
 def test_department_budgets_cannot_name_a_role(administrator) -> None:
