@@ -385,20 +385,7 @@ def _message_send(
 ) -> SendResult:
     _check_message_rate(actor)
     text = _validate_text(text)
-    if not isinstance(model_key, str):
-        raise ChatError("invalid", "The model must be given by its name.")
-    if "\x00" in model_key or not storable(model_key):  # no model's name; unstorable (audit)
-        raise ChatError("invalid", "The model name contains a character that is not allowed.")
-    try:
-        model = model_for_user(model_key, actor)
-    except UnknownModel:
-        audit_record(
-            action=AuditAction.MODEL_REFUSED,
-            actor=actor,
-            outcome=AuditOutcome.DENIED,
-            details={"model": model_key[:100]},
-        )
-        raise ChatError("model_unavailable", "That model is not available to you.") from None
+    model = _permitted_model(actor, model_key)
 
     if options.tools and not supports_tools(model):
         raise ChatError(
@@ -462,6 +449,26 @@ _GUARDRAIL_KINDS = {
     AuditAction.PII_BLOCKED.value: "pii",
     AuditAction.INJECTION_BLOCKED.value: "injection",
 }
+
+
+def _permitted_model(actor: User, model_key: object) -> Any:
+    """The catalogue model `model_key` names, if the actor may use it. Raises ChatError:
+    invalid (not a name, or one no database could store), model_unavailable (unknown,
+    disabled or not permitted; audited as model.refused)."""
+    if not isinstance(model_key, str):
+        raise ChatError("invalid", "The model must be given by its name.")
+    if "\x00" in model_key or not storable(model_key):  # no model's name; unstorable (audit)
+        raise ChatError("invalid", "The model name contains a character that is not allowed.")
+    try:
+        return model_for_user(model_key, actor)
+    except UnknownModel:
+        audit_record(
+            action=AuditAction.MODEL_REFUSED,
+            actor=actor,
+            outcome=AuditOutcome.DENIED,
+            details={"model": model_key[:100]},
+        )
+        raise ChatError("model_unavailable", "That model is not available to you.") from None
 
 
 def _check_message_rate(actor: User) -> None:
@@ -669,18 +676,7 @@ def conversation_create(
         raise ChatError("invalid", "The title contains a character that is not allowed.")
     if len(title) > TITLE_MAX:
         raise ChatError("too_large", f"A title has at most {TITLE_MAX} characters.")
-    if not isinstance(model_key, str) or "\x00" in model_key or not storable(model_key):
-        raise ChatError("invalid", "The model must be given by its name.")
-    try:
-        model = model_for_user(model_key, actor)
-    except UnknownModel:
-        audit_record(
-            action=AuditAction.MODEL_REFUSED,
-            actor=actor,
-            outcome=AuditOutcome.DENIED,
-            details={"model": model_key[:100]},
-        )
-        raise ChatError("model_unavailable", "That model is not available to you.") from None
+    model = _permitted_model(actor, model_key)
     with transaction.atomic():
         conversation = Conversation.objects.create(
             owner=actor, title=title, model=model.key, source=Conversation.Source(source)
