@@ -7,6 +7,7 @@ mocked. These tests need no database.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Generator, Iterator
 from email.utils import formatdate
@@ -567,6 +568,32 @@ def test_compatible_model_may_name_its_own_base_url(
     events = list(provider("openai-compatible", base_url=double.base_url).stream(chat(user("hi"))))
 
     assert text_of(events) == reply_for("hi")
+
+
+def test_compatible_replies_one_after_another_share_one_connection(
+    double: OpenAIDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The stream is read to its end after [DONE], so the connection goes back to the pool:
+    # the next reply sends its request at once instead of opening a new TCP (and TLS)
+    # connection first.
+    opened: list[object] = []
+    create_connection = socket.create_connection
+
+    def counting(*args: Any, **kwargs: Any) -> socket.socket:
+        opened.append(args[0])
+        return create_connection(*args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", counting)
+    compatible = provider("openai-compatible")
+
+    first = list(compatible.stream(chat(user("first"))))
+    second = list(compatible.stream(chat(user("second"))))
+
+    assert text_of(first) == reply_for("first")
+    assert text_of(second) == reply_for("second")
+    assert isinstance(second[-1], Finish)
+    assert len(opened) <= 1  # the first reply's, unless an earlier test left one open
+    assert [r.outcome for r in double.model_requests()] == ["completed", "completed"]
 
 
 def test_compatible_sends_a_placeholder_key_when_none_is_configured(
