@@ -121,12 +121,18 @@ def budgets_for(user: Any, api_key: Any = None) -> list[Budget]:
 
 def _locked_window(budget: Budget, when: dt.datetime) -> BudgetWindow:
     start, _ = period_bounds(budget.period, when)
-    # Create the period's row if it is the first call of the period (a concurrent creator
-    # is not an error), then lock it.
+    windows = BudgetWindow.objects.select_for_update()
+    # Lock the period's row; it exists for every call but the period's first, which
+    # creates it (a concurrent creator is not an error) and then locks it. Reading first
+    # saves an INSERT ... ON CONFLICT round trip on every reservation and settlement.
+    try:
+        return windows.get(budget=budget, period_start=start)
+    except BudgetWindow.DoesNotExist:
+        pass
     BudgetWindow.objects.bulk_create(
         [BudgetWindow(budget=budget, period_start=start)], ignore_conflicts=True
     )
-    return BudgetWindow.objects.select_for_update().get(budget=budget, period_start=start)
+    return windows.get(budget=budget, period_start=start)
 
 
 # --- Reserve ----------------------------------------------------------------------------------
