@@ -68,8 +68,6 @@ async def turn_start(
     key the call is made with (its own rate limit was counted when it was checked; its own
     budgets apply at admission); `options` are the caller's generation settings.
     """
-    if model_key is None:
-        model_key = await db(_default_model_key)(owner)
     layer = get_channel_layer()
     channel = await layer.new_channel()
     if conversation_id is None:
@@ -83,7 +81,7 @@ async def turn_start(
     group = streams.conversation_group(target)
     await layer.group_add(group, channel)
     try:
-        result = await db(services.message_send)(
+        result = await db(_send)(
             actor=owner,
             text=text,
             model_key=model_key,
@@ -121,6 +119,14 @@ def _default_model_key(owner: User) -> str:
     if model is None:
         raise ApiError(403, "model_unavailable", "No model is available to you.")
     return model.key
+
+
+def _send(*, actor: User, model_key: str | None, **kwargs: Any) -> services.SendResult:
+    """`message_send` with the owner's default model when none is named, in one trip to
+    the database thread (each trip takes a pooled connection and checks it)."""
+    if model_key is None:
+        model_key = _default_model_key(actor)
+    return services.message_send(actor=actor, model_key=model_key, **kwargs)
 
 
 async def turn_events(turn: Turn) -> AsyncIterator[dict[str, Any]]:

@@ -89,9 +89,14 @@ class Message(models.Model):
     notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply.")
     # Tool calls made while writing this reply: [{id, name, arguments, result, is_error}].
     tool_events = models.JSONField(default=list, blank=True)
+    # The API key a reply was asked for with (none from the chat page): its own budgets are
+    # held and charged with the owner's. Keys are revoked, never deleted.
+    api_key = models.ForeignKey(
+        "accounts.ApiKey", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     # A reply's generation settings chosen by the caller (the API): {"max_output_tokens": n,
     # "temperature": t}; absent keys take the model's maximum and CHAT_TEMPERATURE.
-    options = models.JSONField(default=dict, blank=True)
+    options = models.JSONField(default=dict, db_default={}, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     # What the reply cost, summed over its provider calls (costs.CostEntry holds each call).

@@ -457,8 +457,11 @@ def _permitted_model(actor: User, model_key: object) -> Any:
     disabled or not permitted; audited as model.refused)."""
     if not isinstance(model_key, str):
         raise ChatError("invalid", "The model must be given by its name.")
-    if "\x00" in model_key or not storable(model_key):  # no model's name; unstorable (audit)
-        raise ChatError("invalid", "The model name contains a character that is not allowed.")
+    # No model's name, and no database could store it (the refusal is audited).
+    if "\x00" in model_key:
+        raise ChatError("invalid", "The model name contains a NUL character.")
+    if not storable(model_key):
+        raise ChatError("invalid", "The model name is not valid Unicode text (a lone surrogate).")
     try:
         return model_for_user(model_key, actor)
     except UnknownModel:
@@ -611,6 +614,7 @@ def _message_store(
                 model=model.key,
                 request_id=request_id,
                 options=options.stored(),
+                api_key=api_key,
             )
     except IntegrityError:
         raise ChatError(
@@ -815,7 +819,8 @@ def reply_claim(*, reply_id: int) -> Message | None:
     if not claimed:
         _fail_interrupted(_stuck(Message.objects.filter(pk=reply_id)))
         return None
-    return Message.objects.select_related("conversation").get(pk=reply_id)
+    # With the owner: the worker needs them at once (audit context, guardrails, budgets).
+    return Message.objects.select_related("conversation__owner").get(pk=reply_id)
 
 
 @dataclass(frozen=True)

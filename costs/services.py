@@ -364,7 +364,9 @@ def ledger_settle(*, reply: Any, calls: Sequence[CallUsage], outcome: str) -> Se
         .filter(message=reply, status=Reservation.Status.HELD)
         .order_by("id")
     }
-    budgets = {b.pk: b for b in budgets_for(user)}
+    # The budgets that apply to this call: the owner's, and the key's own if it was asked
+    # for with one (the same set budget_reserve held against).
+    budgets = {b.pk: b for b in budgets_for(user, reply.api_key_id)}
     windows = {}
     for budget in budgets.values():
         window = _locked_window(budget, now)

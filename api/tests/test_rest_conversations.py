@@ -42,6 +42,9 @@ capped, keys["capped"] = api_key_create(
     owner=alice, name="capped", scopes=everything, actor=None, budget_limit=Decimal("0"),
     budget_period="daily")
 keys["capped_prefix"] = capped.prefix
+metered, keys["metered"] = api_key_create(
+    owner=alice, name="metered", scopes=everything, actor=None, budget_limit=Decimal("5"))
+keys["metered_prefix"] = metered.prefix
 ModelPrice.objects.create(model=AIModel.objects.get(key="demo"), input_per_million=Decimal("3"),
                           output_per_million=Decimal("15"),
                           effective_from=timezone.now() - timedelta(days=1))
@@ -234,3 +237,13 @@ def test_a_keys_own_budget_refuses_and_shows_in_its_usage(api: Api) -> None:
     assert f"API key {api.keys['capped_prefix']}" not in [b["name"] for b in usage["budgets"]]
     status, _, body = api.call("POST", "/chat", {"message": "Plan a launch"})
     assert status == 200, body
+
+
+def test_a_keys_own_budget_is_charged_what_its_calls_cost(api: Api) -> None:
+    name = f"API key {api.keys['metered_prefix']}"
+    status, _, reply = api.call("POST", "/chat", {"message": "Count this"}, key="metered")
+    assert status == 200, reply
+    status, _, usage = api.call("GET", "/usage", key="metered")
+    (budget,) = [b for b in usage["budgets"] if b["name"] == name]
+    # Settled at the call's real cost, not only held while it ran.
+    assert budget["spent"] == reply["cost"] and float(reply["cost"]) > 0

@@ -531,11 +531,11 @@ def test_a_release_committed_while_a_reply_settles_is_not_subtracted_again(
     paused, resume = threading.Event(), threading.Event()
     budgets_for = costs.services.budgets_for
 
-    def pausing_budgets_for(user: Any) -> list[Budget]:
+    def pausing_budgets_for(user: Any, api_key: Any = None) -> list[Budget]:
         if threading.current_thread().name == "settle":
             paused.set()
             resume.wait(30)
-        return budgets_for(user)
+        return budgets_for(user, api_key)
 
     monkeypatch.setattr(costs.services, "budgets_for", pausing_budgets_for)
     settle = Background(
