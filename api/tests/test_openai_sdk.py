@@ -24,7 +24,8 @@ from tests.e2e.conftest import RestartableServer
 
 pytestmark = pytest.mark.e2e
 
-MESSAGES_PER_MINUTE = 40  # above what one person sends in this module, so only the limit test hits it
+# Above what one person sends in this module, so that only the limit test meets it.
+MESSAGES_PER_MINUTE = 40
 CARD = "4111 1111 1111 1111"
 
 SETUP = """
