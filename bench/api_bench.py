@@ -92,6 +92,7 @@ from bench.chat_support import (
     p50_p95,
     worker_argv,
     worker_flags,
+    write_results,
 )
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -809,23 +810,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         with suppress(redis.exceptions.RedisError):
             redis_client.flushdb()
 
-    results["logs_dir"] = str(log_dir)
-    results["targets"] = evaluate(results)
-    results["findings"] = findings(results)
-    results["total_seconds"] = round(time.monotonic() - started, 1)
-    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["git_at_end"] = git_state()
-    if results["git_at_end"] != results["git"]:
-        log("WARNING: the code changed during the run; the figures may mix versions")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "api.json").write_text(
-        json.dumps(results, indent=2, default=str) + "\n", "utf-8"
+    write_results(
+        results,
+        stem="api",
+        output_dir=args.output_dir,
+        log_dir=log_dir,
+        started=started,
+        evaluate=evaluate,
+        findings=findings,
+        render_markdown=render_markdown,
     )
-    markdown = render_markdown(results)
-    (args.output_dir / "api.md").write_text(markdown, "utf-8")
-    print()
-    print(markdown)
-    log(f"results written to {args.output_dir}/api.json and api.md; process logs in {log_dir}")
     return 0
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import signal
@@ -96,6 +95,7 @@ from bench.chat_support import (
     wait_for_port,
     worker_argv,
     worker_flags,
+    write_results,
 )
 from providers.testing.openai_server import pieces_of, reply_for
 
@@ -1392,23 +1392,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             audit_bench.drop_database(DB_NAME)
     with suppress(redis.exceptions.RedisError):
         redis_client.flushdb()
-    results["logs_dir"] = str(log_dir)
-    results["targets"] = evaluate(results)
-    results["findings"] = findings(results)
-    results["total_seconds"] = round(time.monotonic() - started, 1)
-    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["git_at_end"] = git_state()
-    if results["git_at_end"] != results["git"]:
-        log("WARNING: the code changed during the run; the figures may mix versions")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "chat.json").write_text(
-        json.dumps(results, indent=2, default=str) + "\n", "utf-8"
+    write_results(
+        results,
+        stem="chat",
+        output_dir=args.output_dir,
+        log_dir=log_dir,
+        started=started,
+        evaluate=evaluate,
+        findings=findings,
+        render_markdown=render_markdown,
     )
-    markdown = render_markdown(results)
-    (args.output_dir / "chat.md").write_text(markdown, "utf-8")
-    print()
-    print(markdown)
-    log(f"results written to {args.output_dir}/chat.json and chat.md; process logs in {log_dir}")
     return 0
 
 

@@ -840,3 +840,37 @@ async def direct_calls(
         return list(await asyncio.gather(*(one(p) for p in prompts)))
     finally:
         await client.close()
+
+
+def write_results(
+    results: dict[str, Any],
+    *,
+    stem: str,
+    output_dir: Path,
+    log_dir: Path,
+    started: float,
+    evaluate: Any,
+    findings: Any,
+    render_markdown: Any,
+) -> None:
+    """Close a benchmark run's results (targets, findings, time, load, the code at the end)
+    and write `<stem>.json` and `<stem>.md` to `output_dir`, printing the Markdown."""
+    from bench.audit_bench import git_state, log
+
+    results["logs_dir"] = str(log_dir)
+    results["targets"] = evaluate(results)
+    results["findings"] = findings(results)
+    results["total_seconds"] = round(time.monotonic() - started, 1)
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["git_at_end"] = git_state()
+    if results["git_at_end"] != results["git"]:
+        log("WARNING: the code changed during the run; the figures may mix versions")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"{stem}.json").write_text(
+        json.dumps(results, indent=2, default=str) + "\n", "utf-8"
+    )
+    markdown = render_markdown(results)
+    (output_dir / f"{stem}.md").write_text(markdown, "utf-8")
+    print()
+    print(markdown)
+    log(f"results written to {output_dir}/{stem}.json and {stem}.md; process logs in {log_dir}")
