@@ -70,6 +70,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
+	$(BIN)/hadolint Dockerfile
 	$(UNSET_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
 	@if command -v promtool >/dev/null; then \
