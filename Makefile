@@ -71,6 +71,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy .
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/python deploy/k8s/check.py
 	$(UNSET_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
 	@if command -v promtool >/dev/null; then \
