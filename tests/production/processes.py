@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import http.client
 import http.cookiejar
 import json
 import os
@@ -33,6 +34,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -748,17 +750,62 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def login_page(base_url: str, timeout: float = 20) -> tuple[int, str]:
+def _opener(
+    jar: http.cookiejar.CookieJar,
+    context: ssl.SSLContext | None = None,
+    source_address: str | None = None,
+) -> urllib.request.OpenerDirector:
+    """A cookie-keeping opener that follows no redirect; over HTTPS verified with `context`
+    (else the system's CAs), its connections from `source_address` (a local IP) if given."""
+    return urllib.request.build_opener(
+        urllib.request.HTTPCookieProcessor(jar),
+        _NoRedirect,
+        _HTTPSHandler(context, (source_address, 0) if source_address else None),
+    )
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, context: ssl.SSLContext | None, source: tuple[str, int] | None) -> None:
+        super().__init__(context=context)
+        self._tls = context
+        self._source = source
+
+    def https_open(self, req: Any) -> Any:
+        extra = {"source_address": self._source} if self._source else {}
+        return self.do_open(http.client.HTTPSConnection, req, context=self._tls, **extra)
+
+
+def login_page(
+    base_url: str, timeout: float = 20, *, context: ssl.SSLContext | None = None
+) -> tuple[int, str]:
     """GET the sign-in page: (status, body)."""
-    with urllib.request.urlopen(f"{base_url}/accounts/login/", timeout=timeout) as response:
+    with urllib.request.urlopen(
+        f"{base_url}/accounts/login/", timeout=timeout, context=context
+    ) as response:
         return response.status, response.read().decode()
 
 
-def sign_in(base_url: str, username: str, password: str, timeout: float = 20) -> str:
-    """Sign in through the real form (CSRF token and all); the Cookie header of the session."""
+def sign_in(
+    base_url: str,
+    username: str,
+    password: str,
+    timeout: float = 20,
+    *,
+    context: ssl.SSLContext | None = None,
+    source_address: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> str:
+    """Sign in through the real form (CSRF token and all); the Cookie header of the session.
+
+    Over HTTPS the server's certificate is verified with `context`; `source_address` (an
+    HTTPS base_url only) is the local IP to connect from; `headers` go with both requests.
+    """
     jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), _NoRedirect)
-    page = opener.open(f"{base_url}/accounts/login/", timeout=timeout).read().decode()
+    opener = _opener(jar, context, source_address)
+    page_request = urllib.request.Request(
+        f"{base_url}/accounts/login/", headers=dict(headers or {})
+    )
+    page = opener.open(page_request, timeout=timeout).read().decode()
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
     if token is None:
         raise AssertionError(f"no CSRF token on the sign-in page of {base_url}")
@@ -766,7 +813,9 @@ def sign_in(base_url: str, username: str, password: str, timeout: float = 20) ->
         {"username": username, "password": password, "csrfmiddlewaretoken": token[1]}
     ).encode()
     request = urllib.request.Request(
-        f"{base_url}/accounts/login/", data=body, headers={"Referer": f"{base_url}/accounts/login/"}
+        f"{base_url}/accounts/login/",
+        data=body,
+        headers={**(headers or {}), "Referer": f"{base_url}/accounts/login/"},
     )
     try:
         opener.open(request, timeout=timeout)
@@ -775,7 +824,8 @@ def sign_in(base_url: str, username: str, password: str, timeout: float = 20) ->
         if redirect.code != 302:
             raise AssertionError(f"sign-in at {base_url} answered {redirect.code}") from None
     cookies = {cookie.name: cookie.value for cookie in jar}
-    if "sessionid" not in cookies:
+    # Secure cookies (SECURE_COOKIES, over HTTPS) are named `__Host-sessionid`.
+    if not any(name.removeprefix("__Host-") == "sessionid" for name in cookies):
         raise AssertionError(f"sign-in at {base_url} set no session cookie: {sorted(cookies)}")
     return "; ".join(f"{name}={value}" for name, value in cookies.items())
 
@@ -790,13 +840,27 @@ class ChatSocket:
         self.frames: list[dict[str, Any]] = []
 
     @classmethod
-    async def connect(cls, base_url: str, cookie: str, *, timeout: float = 15) -> ChatSocket:
+    async def connect(
+        cls,
+        base_url: str,
+        cookie: str,
+        *,
+        timeout: float = 15,
+        ssl_context: ssl.SSLContext | None = None,
+        ping_interval: float | None = 20,
+    ) -> ChatSocket:
+        """Open the socket of the page at `base_url` (`https://` opens `wss://`, verified with
+        `ssl_context`); `ping_interval` None sends no keepalive pings (a truly idle socket)."""
+        scheme = "wss://" if base_url.startswith("https://") else "ws://"
+        tls: dict[str, Any] = {"ssl": ssl_context} if ssl_context is not None else {}
         connection = await connect(
-            base_url.replace("http://", "ws://", 1) + "/ws/chat/",
+            scheme + base_url.split("://", 1)[1] + "/ws/chat/",
             origin=Origin(base_url),
             additional_headers={"Cookie": cookie},
             open_timeout=timeout,
             max_size=2**22,
+            ping_interval=ping_interval,
+            **tls,
         )
         return cls(base_url, connection)
 
