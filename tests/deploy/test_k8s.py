@@ -259,6 +259,9 @@ def test_every_container_has_resources_and_a_locked_down_security_context(
 def test_web_and_worker_have_autoscalers_and_disruption_budgets(base: list[Obj]) -> None:
     for name in ("enterprise-ai-web", "enterprise-ai-worker"):
         deployment = _one(base, "Deployment", name)
+        # The autoscaler owns the count: a count in the Deployment would be reset by every
+        # `kubectl apply`.
+        assert "replicas" not in deployment["spec"]
         hpa = _one(base, "HorizontalPodAutoscaler", name)
         assert hpa["apiVersion"] == "autoscaling/v2"
         assert hpa["spec"]["scaleTargetRef"] == {
