@@ -16,8 +16,10 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -523,3 +525,84 @@ def test_worker_and_beat_find_their_tasks_in_the_image_tree(
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[0] == "enterprise_ai"
     assert not (image_tree / ".local").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.e2e
+def test_the_health_check_passes_against_the_web_process_of_the_image_tree(
+    image_tree: Path, tmp_path: Path
+) -> None:
+    """The HEALTHCHECK command, run as written (only the port moved), exits 0 while the
+    image's web command serves from the image's files, and 1 once it has stopped. The tree is
+    run the documented try-out way (embedded default): no service is needed for liveness."""
+    port = str(free_port())
+    env = image_environment(image_tree, tmp_path)
+    env.pop("STATIC_ROOT")
+    (check,) = FINAL.all("HEALTHCHECK")
+    argv = Instruction("CMD", check.arguments.partition("CMD ")[2]).exec_form()
+    assert argv is not None
+    check_argv = [sys.executable, *(a.replace(":8000/", f":{port}/") for a in argv[1:])]
+    (cmd,) = FINAL.all("CMD")
+    web = cmd.exec_form()
+    assert web is not None
+    web = [sys.executable, *web[1:]]
+    web[web.index("--host") + 1] = "127.0.0.1"  # loopback here: nothing else can reach it
+    web[web.index("--port") + 1] = port
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=image_tree,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    log = tmp_path / "web.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(web, cwd=image_tree, env=env, stdout=output, stderr=output)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            healthy = subprocess.run(check_argv, env=env, capture_output=True, timeout=10)
+            if healthy.returncode == 0:
+                break
+            assert healthy.returncode == 1, healthy.stderr  # 2 is reserved by Docker
+            assert server.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.3)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+    stopped = subprocess.run(check_argv, env=env, capture_output=True, timeout=10)
+    assert stopped.returncode == 1
+
+
+# --- the documentation -------------------------------------------------------------------------
+
+
+def test_the_readme_documents_the_processes_as_the_makefile_and_the_image_run_them() -> None:
+    readme = (ROOT / "docker" / "README.md").read_text(encoding="utf-8")
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    # The worker's flags are `make worker`'s.
+    (worker,) = re.findall(
+        r"\$\(BIN\)/(celery -A enterprise_ai worker [^$]+)--concurrency", makefile
+    )
+    flat = " ".join(readme.replace("\\\n", " ").split())
+    assert " ".join(worker.replace("\\", " ").split()) + " --concurrency 200" in flat
+    assert "WORKER_CONCURRENCY" in FINAL.env()
+    # The web command is the image's CMD; beat writes its schedule where it may write.
+    (cmd,) = FINAL.all("CMD")
+    assert " ".join(cmd.exec_form() or []) in readme
+    assert "celery -A enterprise_ai beat --loglevel=INFO --schedule /tmp/" in readme
+    uid, _, gid = expand(FINAL.all("USER")[0].arguments, FINAL.args()).partition(":")
+    assert f"UID {uid}, GID {gid}" in readme
+    assert f"`{FINAL.base}`" in readme
+    assert FINAL.env()["STATIC_ROOT"] in readme
