@@ -1,9 +1,10 @@
 """Validate the Kubernetes manifests offline: `python deploy/k8s/check.py` (run by `make lint`).
 
 Each kustomization (deploy/k8s/base, deploy/k8s/overlays/example) is rendered by the small
-renderer below, and every object it yields is validated against the JSON schema of
-Kubernetes KUBERNETES_VERSION bundled with the pinned `kubernetes-validate` package, in
-strict mode: an unknown field is an error, like a wrong type or a missing required field.
+renderer below, and every object it yields is validated against the JSON schema of each
+Kubernetes version in KUBERNETES_VERSIONS, bundled with the pinned `kubernetes-validate`
+package, in strict mode: an unknown field is an error, like a wrong type or a missing
+required field.
 No network and no cluster are needed.
 
 The renderer does what these kustomizations use, and refuses anything else rather than
@@ -30,9 +31,10 @@ from typing import Any
 import kubernetes_validate
 import yaml
 
-#: The oldest Kubernetes the manifests promise to work on (its schema is the strictest:
-#: fields added later are unknown to it).
-KUBERNETES_VERSION = "1.33"
+#: The oldest Kubernetes the manifests promise to work on (fields added later are unknown to
+#: its schema), and the newest whose schema the pinned package bundles (fields removed are
+#: unknown to it). Every object must be valid for both.
+KUBERNETES_VERSIONS = ("1.33", "1.37")
 
 HERE = Path(__file__).resolve().parent
 KUSTOMIZATIONS = (HERE / "base", HERE / "overlays" / "example")
@@ -209,15 +211,17 @@ def validate(objects: list[Obj]) -> list[str]:
     """Problems with the rendered objects against the schema (strict); empty when valid."""
     problems = []
     for obj in objects:
-        try:
-            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-        except kubernetes_validate.ValidationError as exc:
-            where = ".".join(str(part) for part in exc.path) or "(top level)"
-            problems.append(f"{_name(obj)}: {where}: {exc.message}")
-        except kubernetes_validate.SchemaNotFoundError as exc:
-            problems.append(f"{_name(obj)}: {exc.message}")
-        except (KeyError, TypeError) as exc:
-            problems.append(f"{_name(obj)}: not a Kubernetes object ({type(exc).__name__})")
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = ".".join(str(part) for part in exc.path) or "(top level)"
+                problems.append(f"{_name(obj)}: {where}: {exc.message} (Kubernetes {version})")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                problems.append(f"{_name(obj)}: {exc.message}")
+            except (KeyError, TypeError) as exc:
+                problems.append(f"{_name(obj)}: not a Kubernetes object ({type(exc).__name__})")
+                break
     return problems
 
 
@@ -287,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     counts = ", ".join(f"{len(render(d))} objects in {d.name}" for d in args.directories)
     also = " and match kubectl kustomize" if shutil.which("kubectl") else ""
     print(
-        f"Kubernetes manifests valid against {KUBERNETES_VERSION} (strict){also}: {counts}",
+        f"Kubernetes manifests valid for {' and '.join(KUBERNETES_VERSIONS)} (strict){also}: "
+        + counts,
     )
     return 0
 

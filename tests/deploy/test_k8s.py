@@ -276,6 +276,8 @@ def test_web_and_worker_have_autoscalers_and_disruption_budgets(base: list[Obj])
 
 
 def test_ingress_allows_long_lived_sockets_and_chat_sized_bodies(overlay: list[Obj]) -> None:
+    from django.conf import settings
+
     from enterprise_ai.daphne_server import MARGIN_BYTES
 
     ingress = _one(overlay, "Ingress", "enterprise-ai")
@@ -285,7 +287,9 @@ def test_ingress_allows_long_lived_sockets_and_chat_sized_bodies(overlay: list[O
     size = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
     number, unit = re.fullmatch(r"(\d+)([km]?)", size).groups()  # type: ignore[union-attr]
     limit = int(number) * {"": 1, "k": 1024, "m": 1024 * 1024}[unit]
-    assert limit >= 131_072 + MARGIN_BYTES  # CHAT_MAX_FRAME_BYTES' default plus the margin
+    # Above what the app accepts itself, so that its own error answers near the limit.
+    assert limit >= settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    assert limit >= settings.CHAT_MAX_FRAME_BYTES + MARGIN_BYTES
     assert ingress["spec"]["tls"] == [
         {"hosts": ["chat.example.org"], "secretName": "chat-example-org-tls"}
     ]
