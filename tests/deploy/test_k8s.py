@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -405,3 +406,59 @@ def test_every_variable_is_documented_and_read_by_the_settings(overlay: list[Obj
         # Any NAME can be given as NAME_FILE (enterprise_ai/env.py): the settings read NAME.
         read_as = name.removesuffix("_FILE")
         assert f'"{read_as}"' in settings, f"{read_as} is not read by enterprise_ai/settings.py"
+
+
+# Stand-ins for the Secret's values: the settings are loaded, nothing is contacted.
+_SECRET_STAND_INS = {
+    "database-url": "postgres://enterprise_ai@127.0.0.1:9/enterprise_ai",
+    "redis-url": "redis://127.0.0.1:9/0",
+}
+
+
+def _pod_environment(objects: list[Obj], workload: Obj, root: Path) -> dict[str, str]:
+    """The environment a workload's container gets, its mounts made directories under
+    `root` (secret files written there with stand-in values)."""
+    configs = {config["metadata"]["name"]: config["data"] for config in _all(objects, "ConfigMap")}
+    pod = _pod(workload)
+    (container,) = pod["containers"]
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(configs[source["configMapRef"]["name"]])
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        else:
+            env[item["name"]] = _SECRET_STAND_INS[item["valueFrom"]["secretKeyRef"]["key"]]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    local_paths: dict[str, Path] = {}
+    for mount in container.get("volumeMounts", []):
+        local = local_paths[mount["mountPath"]] = root / mount["mountPath"].lstrip("/")
+        local.mkdir(parents=True, exist_ok=True)
+        for item in volumes[mount["name"]].get("secret", {}).get("items", []):
+            (local / item["path"]).write_text(secrets.token_urlsafe(50) + "\n")
+    for name, value in env.items():
+        for mount_path, local in local_paths.items():
+            if value == mount_path or value.startswith(mount_path + "/"):
+                env[name] = str(local) + value[len(mount_path) :]
+    return env
+
+
+@pytest.mark.parametrize(
+    "workload",
+    ["enterprise-ai-web", "enterprise-ai-worker", "enterprise-ai-beat", "enterprise-ai-migrate"],
+)
+def test_the_settings_accept_each_pods_environment(
+    overlay: list[Obj], tmp_path: Path, workload: str
+) -> None:
+    from tests.settings_probe import run_python
+
+    (obj,) = [o for o in _workloads(overlay) if o["metadata"]["name"] == workload]
+    env = _pod_environment(overlay, obj, tmp_path / "pod")
+    assert "DATABASE_URL" in env and "SECRET_KEY_FILE" in env
+    result = run_python(
+        tmp_path,
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        unset=["CELERY_BROKER_URL", "PROMETHEUS_MULTIPROC_DIR", "WORKER_METRICS_PORT"],
+        **env,
+    )
+    assert result.returncode == 0, result.stderr
