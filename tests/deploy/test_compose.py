@@ -490,7 +490,9 @@ def test_every_dependency_exists_in_the_shape_its_condition_needs() -> None:
 
 def test_health_checks_probe_the_right_things() -> None:
     services = compose()["services"]
-    assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
+    postgres = " ".join(services["postgres"]["healthcheck"]["test"])
+    # TCP, as the app connects: the image's first-start server listens on the socket only.
+    assert "pg_isready -h 127.0.0.1" in postgres
     redis = services["redis"]
     assert "ping" in " ".join(redis["healthcheck"]["test"])
     # The broker's queued tasks survive a Redis restart.
