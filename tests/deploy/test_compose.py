@@ -635,6 +635,26 @@ def test_the_documented_certificate_command_makes_what_nginx_reads(tmp_path: Pat
     assert "DNS:localhost" in text
 
 
+def test_the_file_follows_the_compose_specification() -> None:
+    """The Compose Specification's JSON schema, as check-jsonschema ships it (no network)."""
+    import json
+    from importlib import resources
+
+    import jsonschema
+
+    try:
+        vendor = resources.files("check_jsonschema") / "builtin_schemas" / "vendor"
+        schema = json.loads((vendor / "compose-spec.json").read_text(encoding="utf-8"))
+    except ModuleNotFoundError:
+        pytest.skip("check-jsonschema (which ships the compose-spec schema) is not installed")
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(compose())
+    ]
+    assert not errors, "\n".join(errors)
+
+
 def test_docker_compose_accepts_the_file() -> None:
     docker = shutil.which("docker")
     if not docker:
