@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start the local services the tests use, if they are installed but not running, and
-# install Debian's chromium (browser tests) and promtool (the alert rules' unit tests, from
-# Debian's prometheus package) when they are missing. Used by .ci/run;
+# install Debian's chromium (browser tests), promtool (the alert rules' unit tests, from
+# Debian's prometheus package) and nginx (tests/production/test_nginx.py runs the shipped
+# configuration; the test starts its own, the package's service is not started) when they are
+# missing. Used by .ci/run;
 # safe to run by hand. Starts nothing that is already listening.
 set -uo pipefail
 
@@ -42,5 +44,11 @@ if ! command -v promtool >/dev/null && command -v apt-get >/dev/null && [ "$(id 
   echo "ensure-services: installing promtool for the alert rules' tests"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     prometheus >/dev/null || echo "ensure-services: could not install promtool" >&2
+fi
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null \
+  && [ "$(id -u)" = 0 ]; then
+  echo "ensure-services: installing nginx for the reverse-proxy test"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    nginx >/dev/null || echo "ensure-services: could not install nginx" >&2
 fi
 exit 0

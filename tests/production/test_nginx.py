@@ -14,6 +14,7 @@ Without nginx the module skips (fails under CI=true); scripts/ensure-services.sh
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from conftest import service_missing
 from providers.testing.openai_server import OpenAIDouble
@@ -51,7 +53,7 @@ from tests.production.processes import (
 pytestmark = [pytest.mark.production, pytest.mark.timeout(300)]
 
 TEMPLATE = ROOT / "deploy" / "nginx" / "enterprise-ai.conf.template"
-PEOPLE = ["nginx-chat", "nginx-idle", "nginx-failover", "nginx-audit", "nginx-forged"]
+PEOPLE = ["nginx-chat", "nginx-idle", "nginx-failover", "nginx-audit", "nginx-forged", "nginx-api"]
 PASSWORD = "Nginx-Only-Passw0rd-2026!"
 MODEL = "upstream"
 #: More than nginx's default proxy_read_timeout (60 s): only the template's long timeouts
@@ -63,6 +65,7 @@ import json
 from datetime import timedelta
 from decimal import Decimal
 from django.utils import timezone
+from accounts.api_keys import api_key_create
 from accounts.models import User
 from costs.models import ModelPrice
 from providers.models import AIModel
@@ -80,7 +83,10 @@ ModelPrice.objects.create(
     model=model, input_per_million=Decimal("2"), output_per_million=Decimal("8"),
     effective_from=timezone.now() - timedelta(days=1),
 )
-print("seeded")
+_, plaintext = api_key_create(
+    owner=User.objects.get(username=seed["api_person"]), name="nginx", scopes=["chat"], actor=None
+)
+print(json.dumps({{"api_key": plaintext}}))
 """
 
 
@@ -150,6 +156,7 @@ class Proxied:
     webs: list[WebProcess]
     prefix: Path
     static_root: Path
+    api_key: str
 
     def access_log(self) -> str:
         return (self.prefix / "logs" / "access.log").read_text(errors="replace")
@@ -219,8 +226,10 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
                 "password": PASSWORD,
                 "model": MODEL,
                 "base_url": upstream.base_url,
+                "api_person": "nginx-api",
             }
-            stack.manage("shell", "-c", SEED.format(seed=json.dumps(seed)))
+            seeded = stack.manage("shell", "-c", SEED.format(seed=json.dumps(seed)))
+            api_key = json.loads(seeded.strip().splitlines()[-1])["api_key"]
             webs = [stack.start_web(f"web-{n}", wait=False) for n in (1, 2)]
             worker = stack.start_worker(concurrency=4, wait=False)
 
@@ -266,6 +275,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
                 webs=webs,
                 prefix=prefix,
                 static_root=static_root,
+                api_key=api_key,
             )
         finally:
             stack.close()
@@ -428,6 +438,44 @@ async def test_sign_in_and_a_reply_streams_over_the_upgraded_socket(proxied: Pro
     assert "".join(d["text"] for d in deltas) == content == upstream_reply(proxied, text)
 
 
+def test_server_sent_events_pass_through_nginx_as_they_are_written(proxied: Proxied) -> None:
+    # About four seconds of reply, a token at a time.
+    pace(proxied.upstream, first_token=0.2, rate=6, words=20)
+    text = "Through nginx: an API stream"
+    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": text}]}
+    connection = http.client.HTTPSConnection(
+        "127.0.0.1", int(proxied.url.rsplit(":", 1)[1]), context=proxied.tls, timeout=30
+    )
+    try:
+        connection.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps(body),
+            headers={
+                "Authorization": f"Bearer {proxied.api_key}",
+                "Content-Type": "application/json",
+            },
+        )
+        response = connection.getresponse()
+        assert response.status == 200, response.read()[:500]
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        arrivals: list[tuple[float, str]] = []
+        while line := response.readline():
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                for choice in chunk.get("choices", []):
+                    if choice.get("delta", {}).get("content"):
+                        arrivals.append((time.monotonic(), choice["delta"]["content"]))
+            elif line.startswith(b"data: [DONE]"):
+                break
+    finally:
+        connection.close()
+    assert "".join(piece for _, piece in arrivals) == upstream_reply(proxied, text)
+    # Each piece came as the model wrote it, not all at once when the reply ended.
+    assert len(arrivals) > 10
+    assert arrivals[-1][0] - arrivals[0][0] > 2, "the events arrived in one burst (buffered)"
+
+
 async def test_a_socket_idle_for_90_seconds_through_nginx_stays_open_and_chats(
     proxied: Proxied,
 ) -> None:
@@ -437,7 +485,12 @@ async def test_a_socket_idle_for_90_seconds_through_nginx_stays_open_and_chats(
     # nginx while the socket idles, longer than nginx's default 60 s timeouts.
     async with await proxied.connect(cookie, ping_interval=None) as chat:
         started = time.monotonic()
-        assert await chat.quiet_for(IDLE_SECONDS) == []
+        try:
+            assert await chat.quiet_for(IDLE_SECONDS) == []
+        except ConnectionClosed as exc:
+            raise AssertionError(
+                f"the idle socket was closed after {time.monotonic() - started:.0f} s: {exc}"
+            ) from None
         assert time.monotonic() - started >= IDLE_SECONDS
         text = "Through nginx: after a long silence"
         accepted = await send(chat, text)
@@ -500,6 +553,9 @@ async def test_a_killed_web_process_the_reconnect_reaches_the_other_and_the_repl
         else:
             assert shown["status"] == "complete", shown
         assert b"/ws/chat/" in other.log_path.read_bytes()[other_since:], "not the other one"
+        # Every request finds the survivor, also those nginx first tried on the dead one.
+        for _ in range(4):
+            assert proxied.get("/accounts/login/").status == 200
 
         # Nothing lost: what the person sees is what is stored is what the model said.
         status, content = stored(proxied, reply)
