@@ -72,6 +72,12 @@ lint: venv
 	$(BIN)/mypy .
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/python deploy/k8s/check.py
+	@if docker compose version >/dev/null 2>&1; then \
+		docker compose -f docker/compose.yaml config -q; \
+	else \
+		echo "docker compose not installed: the compose file is checked by tests/deploy/test_compose.py"; \
+	fi
+	$(UNSET_SERVICES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/deploy/test_compose.py tests/deploy/test_k8s.py -m "not e2e"
 	$(UNSET_SERVICES) $(BIN)/python manage.py makemigrations --check --dry-run
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python manage.py check --deploy --fail-level WARNING
 	@if command -v promtool >/dev/null; then \
