@@ -1,8 +1,11 @@
-"""Verification of the audit chain: every hash, sequence continuity, every checkpoint.
+"""Verification of the audit chain: every hash, sequence continuity, every checkpoint, and
+that the trail is complete up to now (a recent checkpoint, events where use left traces).
 
 The walk reads events in sequence order in fixed-size pages (keyset pagination), so memory
 stays constant however long the chain is. It stops at the first problem and names the
-sequence number where the record stops being trustworthy.
+sequence number where the record stops being trustworthy. Only a chain that walks cleanly is
+then checked for completeness: a chain consistent in itself can still have lost its newest
+events together with the checkpoints that vouched for them, or every row.
 """
 
 from __future__ import annotations
@@ -10,16 +13,22 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Q
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models import Min, Q
 from django.utils import timezone
 
 from audit import chain
 from audit.models import AuditCheckpoint, AuditEvent
 
 PAGE_SIZE = 5000
+# A trace of use (a sign-in time, a conversation's creation) is written a moment before its
+# own audit event, in the same request; older than the first event by more than this, it
+# proves the events of its time are gone.
+TRACE_TOLERANCE = timedelta(seconds=60)
 
 _EVENT_FIELDS = ("sequence", *[f for f in chain.HASHED_FIELDS if f != "sequence"], "hash")
 
@@ -28,7 +37,8 @@ _EVENT_FIELDS = ("sequence", *[f for f in chain.HASHED_FIELDS if f != "sequence"
 class Problem:
     sequence: int
     kind: str  # hash_mismatch | broken_link | gap | checkpoint_mismatch | checkpoint_signature
-    # | truncated | anchor_mismatch | anchor_unavailable
+    # | truncated | anchor_mismatch | anchor_unavailable | checkpoint_stale
+    # | checkpoint_missing | empty_trail
     message: str
 
 
@@ -176,12 +186,111 @@ def _check_signature(witness: _Witness) -> Problem | None:
     return None
 
 
-def verify_chain(*, anchors: bool = False) -> VerifyReport:
-    """Walk the whole chain and every checkpoint (and S3 anchor) and report the first problem.
+def _grace() -> timedelta:
+    """How old the newest checkpoint may be: two intervals of the checkpoint schedule (Celery
+    beat and `manage.py serve`'s scheduler both read AUDIT_CHECKPOINT_INTERVAL_SECONDS)."""
+    return timedelta(seconds=2 * settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS)
+
+
+def _earliest_trace_of_use() -> tuple[datetime, str] | None:
+    """The earliest thing in the database that could only be there if an event had been
+    recorded at about the same time, or None. Each is written with an audit event: a sign-in
+    (`last_login`, set by the same signal that records `auth.login`), a conversation and a
+    message (created in the transaction that records `message.sent` or
+    `conversation.created`). Dates of accounts are not used: `createsuperuser` writes none."""
+    from conversations.models import Conversation, Message
+
+    traces = [
+        (
+            get_user_model()
+            .objects.filter(last_login__isnull=False)
+            .aggregate(t=Min("last_login"))["t"],
+            "someone signed in",
+        ),
+        (Conversation.objects.aggregate(t=Min("created_at"))["t"], "a conversation was created"),
+        (Message.objects.aggregate(t=Min("created_at"))["t"], "a message was stored"),
+    ]
+    found = [(when, what) for when, what in traces if when is not None]
+    return min(found, key=lambda trace: trace[0]) if found else None
+
+
+def _check_completeness(report: VerifyReport, *, now: datetime) -> Problem | None:
+    """After a clean walk: is the trail complete, from its start up to `now`?
+
+    Checkpoints are signed on schedule even when nothing happens, so on a running system the
+    newest one is never more than one interval old; two intervals leave room for a late run.
+    A fresh install has no events, no checkpoints and no traces of use, and passes.
+    """
+    grace = _grace()
+    trace = _earliest_trace_of_use()
+    if trace is not None:
+        first_event = (
+            AuditEvent.objects.order_by("sequence").values_list("occurred_at", flat=True).first()
+        )
+        if first_event is None:
+            return Problem(
+                0,
+                "empty_trail",
+                f"the audit trail has no events, but {trace[1]} at {chain.timestamp(trace[0])}: "
+                "events were recorded and the audit tables were emptied.",
+            )
+        if trace[0] < first_event - TRACE_TOLERANCE:
+            return Problem(
+                1,
+                "empty_trail",
+                f"the audit trail starts at {chain.timestamp(first_event)}, but {trace[1]} at "
+                f"{chain.timestamp(trace[0])}: the events before it were deleted (the audit "
+                "tables were emptied and the chain started again).",
+            )
+    newest = (
+        AuditCheckpoint.objects.order_by("-signed_at", "-id")
+        .values_list("sequence", "signed_at")
+        .first()
+    )
+    if newest is not None and newest[1] < now - grace:
+        return Problem(
+            newest[0] + 1,
+            "checkpoint_stale",
+            f"the newest checkpoint (at #{newest[0]}) was signed at "
+            f"{chain.timestamp(newest[1])}, more than two checkpoint intervals "
+            f"({int(grace.total_seconds())} s) ago: later checkpoints were deleted, with any "
+            "events they covered, or the checkpoint schedule is not running.",
+        )
+    covered = newest[0] if newest is not None else 0
+    oldest_uncovered = (
+        AuditEvent.objects.filter(sequence__gt=covered)
+        .order_by("sequence")
+        .values_list("sequence", "occurred_at")
+        .first()
+    )
+    if oldest_uncovered is not None and oldest_uncovered[1] < now - grace:
+        held_by = "no checkpoint exists" if newest is None else f"none covers #{covered + 1} on"
+        return Problem(
+            oldest_uncovered[0],
+            "checkpoint_missing",
+            f"event #{oldest_uncovered[0]} was recorded at "
+            f"{chain.timestamp(oldest_uncovered[1])}, more than two checkpoint intervals "
+            f"({int(grace.total_seconds())} s) ago, but {held_by}: the checkpoints were "
+            "deleted, or the checkpoint schedule is not running.",
+        )
+    return None
+
+
+def verify_chain(*, anchors: bool = False, now: datetime | None = None) -> VerifyReport:
+    """Walk the whole chain and every checkpoint (and S3 anchor) and report the first problem;
+    then, if the walk is clean, check the trail is complete up to `now` (default: the time
+    the verification started): a recent checkpoint, and events where use left traces.
 
     Raises audit.anchors.AnchorError when `anchors` is asked for and S3 cannot be read.
     """
     report = VerifyReport()
+    report.problem = _walk(report, anchors=anchors)
+    if report.problem is None:
+        report.problem = _check_completeness(report, now=now or report.started_at)
+    return report
+
+
+def _walk(report: VerifyReport, *, anchors: bool) -> Problem | None:
     max_checkpoint = AuditCheckpoint.objects.order_by("-id").values_list("id", flat=True).first()
     streams: list[Iterator[_Witness]] = [_checkpoints(max_checkpoint or 0)]
     if anchors:
@@ -222,47 +331,44 @@ def verify_chain(*, anchors: bool = False) -> VerifyReport:
 
     # A checkpoint of the empty chain vouches for the genesis hash.
     while pending is not None and pending.sequence == 0:
-        report.problem = settle(pending, chain.GENESIS_HASH)
-        if report.problem:
-            return report
+        problem = settle(pending, chain.GENESIS_HASH)
+        if problem:
+            return problem
         pending = next(witnesses, None)
 
     for row in _events():
         fields = dict(zip(_EVENT_FIELDS, row, strict=True))
         sequence = fields["sequence"]
         if sequence != expected:
-            report.problem = Problem(
+            return Problem(
                 expected,
                 "gap",
                 f"events #{expected} to #{sequence - 1} are missing (deleted).",
             )
-            return report
         if fields["prev_hash"] != prev_hash:
-            report.problem = Problem(
+            return Problem(
                 sequence,
                 "broken_link",
                 f"event #{sequence} does not link to the hash of event #{sequence - 1}.",
             )
-            return report
         if chain.event_hash(fields) != fields["hash"]:
-            report.problem = Problem(
+            return Problem(
                 sequence,
                 "hash_mismatch",
                 f"event #{sequence} was altered after it was written (its content no longer "
                 "matches its hash).",
             )
-            return report
         prev_hash = fields["hash"]
         report.events_checked += 1
         report.last_sequence = sequence
         report.last_hash = prev_hash
         while pending is not None and pending.sequence <= sequence:
-            report.problem = settle(pending, prev_hash)
-            if report.problem:
-                return report
+            problem = settle(pending, prev_hash)
+            if problem:
+                return problem
             pending = next(witnesses, None)
         expected += 1
 
     if pending is not None:
-        report.problem = settle(pending, None)
-    return report
+        return settle(pending, None)
+    return None
