@@ -1,7 +1,9 @@
 """Sign-in events, recorded from Django's and axes' signals (connected in AuditConfig.ready).
 
-Passwords never reach these receivers (Django cleanses the credentials); the attempted user
-name is kept, truncated, because it is what an investigation of a failed sign-in needs.
+Passwords never reach these receivers (Django cleanses the credentials), but people do type
+a password into the user name field. So a failed sign-in names the account only when the name
+is an existing account's user name or e-mail; any other name is kept as a keyed fingerprint
+and its length, which correlates repeated attempts without revealing what was typed.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from typing import Any
 from axes.signals import user_locked_out
 from django.contrib.auth import get_user_model
 from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
+from django.db.models import Q
 from django.dispatch import receiver
+from django.utils.crypto import salted_hmac
 
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome
 from audit.services import audit_record
 
 USERNAME_MAX = 150
+FINGERPRINT_PURPOSE = "audit.login_failed.unknown_username"
 
 
 def _context(request: Any) -> audit_context.AuditContext:
@@ -31,6 +36,26 @@ def _claimed_user(username: str) -> Any:
         return None
     model = get_user_model()
     return model.objects.filter(**{f"{model.USERNAME_FIELD}__iexact": username}).first()
+
+
+def _account_named(typed: str) -> Any:
+    """The account whose user name or e-mail is `typed`, in any letter case, or None."""
+    if not typed:
+        return None
+    model = get_user_model()
+    by_name = Q(**{f"{model.USERNAME_FIELD}__iexact": typed})
+    email_field = model.get_email_field_name()
+    return (
+        model.objects.filter(by_name | Q(**{f"{email_field}__iexact": typed}))
+        .order_by("pk")
+        .first()
+    )
+
+
+def username_fingerprint(typed: str) -> str:
+    """A keyed (SECRET_KEY), non-reversible fingerprint of a name that matches no account:
+    the same name gives the same fingerprint, so repeated attempts can be correlated."""
+    return salted_hmac(FINGERPRINT_PURPOSE, typed, algorithm="sha256").hexdigest()[:16]
 
 
 @receiver(user_logged_in, dispatch_uid="audit_login")
@@ -54,14 +79,23 @@ def record_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
 def record_login_failed(
     sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any
 ) -> None:
-    username = str(credentials.get("username") or "")[:USERNAME_MAX]
-    claimed = _claimed_user(username)
+    typed = str(credentials.get("username") or "")
+    claimed = _account_named(typed[:USERNAME_MAX])
+    details: dict[str, Any]
+    if claimed is not None:
+        details = {"username": claimed.get_username(), "known_user": True}
+    else:  # possibly a password typed into the wrong field: never stored as typed
+        details = {
+            "known_user": False,
+            "username_fingerprint": username_fingerprint(typed),
+            "username_length": len(typed),
+        }
     audit_record(
         action=AuditAction.LOGIN_FAILED,
         actor=None,
         target=claimed,
         outcome=AuditOutcome.FAILED,
-        details={"username": username, "known_user": claimed is not None},
+        details=details,
         context=_context(request),
     )
 
