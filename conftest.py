@@ -231,3 +231,20 @@ def google(settings: Any) -> Iterator[Any]:
         settings.GOOGLE_SEARCH_ENGINE_ID = double.engine_id
         settings.GOOGLE_SEARCH_ENDPOINT = double.endpoint
         yield double
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_past_the_audit_truncate_trigger() -> None:
+    """Between transactional tests pytest-django empties every table with one TRUNCATE, which
+    the audit tables refuse on PostgreSQL (audit/0007). The test database's superuser turns
+    triggers off for that one transaction (`session_replication_role = replica`, which only a
+    superuser may set: the same power that could drop the trigger), so the refusal stays in
+    force for everything else the tests do."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    original = DatabaseOperations.execute_sql_flush
+
+    def execute_sql_flush(self: DatabaseOperations, sql_list: list[str]) -> None:
+        original(self, ["SET LOCAL session_replication_role = replica", *sql_list])
+
+    DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign,assignment]
