@@ -28,7 +28,7 @@ from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHt
 from django.urls import path, re_path
 from django.views.decorators.csrf import csrf_exempt
 
-from accounts.api_keys import ApiKeyRefused, api_key_authenticate
+from accounts.api_keys import ApiKeyRefused
 from accounts.models import ApiKey, User
 from api import replies
 from api.errors import ApiError
@@ -37,7 +37,6 @@ from conversations import services
 from conversations.errors import ChatError
 from conversations.models import Conversation
 from conversations.services import ReplyOptions
-from enterprise_ai.client_ip import client_ip
 from observability import logcontext
 from providers.base import ChatMessage, ToolCall, ToolResult, ToolSpec
 from providers.models import AIModel
@@ -148,31 +147,13 @@ def from_key_refused(exc: ApiKeyRefused) -> OpenAIError:
     return OpenAIError(401, exc.message, code="invalid_api_key")
 
 
-def _context(request: HttpRequest, *, actor: User | None) -> audit_context.AuditContext:
-    return audit_context.AuditContext(
-        actor=actor,
-        ip=client_ip(request),
-        user_agent=request.META.get("HTTP_USER_AGENT", "")[: audit_context.USER_AGENT_MAX],
-        request_id=getattr(request, "request_id", "") or audit_context.new_request_id(),
-    )
-
-
 async def _authenticate(request: HttpRequest, scope: str) -> ApiKey:
     """The key (acting as `key.owner`). Session cookies are never read. Raises OpenAIError
     (401, 403, 429)."""
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise OpenAIError(
-            401, "Send an API key: Authorization: Bearer <key>.", code="invalid_api_key"
-        )
-    with audit_context.bind(_context(request, actor=None)):
-        try:
-            key: ApiKey = await replies.db(api_key_authenticate)(
-                raw=token.strip(), ip=client_ip(request), scope=scope
-            )
-        except ApiKeyRefused as exc:
-            raise from_key_refused(exc) from None
-    return key
+    try:
+        return await replies.key_authenticate(request, scope)
+    except ApiKeyRefused as exc:
+        raise from_key_refused(exc) from None
 
 
 View = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
@@ -529,7 +510,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
         raise _bad("The body is not valid JSON.") from None
     params = parse_completion(body)
     created = int(time.time())
-    with audit_context.bind(_context(request, actor=owner)):
+    with audit_context.bind(audit_context.from_api_request(request, actor=owner)):
         turn = await replies.turn_start(
             owner=owner,
             text=params["text"],

@@ -17,11 +17,13 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from accounts.models import User
+from accounts.api_keys import ApiKeyRefused, api_key_authenticate
+from accounts.models import ApiKey, User
 from api.errors import ApiError, chat_error_status
 from audit import context as audit_context
 from conversations import selectors, services, streams
 from conversations.models import Conversation, Message
+from enterprise_ai.client_ip import client_ip
 from providers.registry import default_model_for
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,24 @@ async def turn_start(
         deadline=time.monotonic() + settings.CHAT_REPLY_MAX_SECONDS,
         context=audit_context.current(),
     )
+
+
+MISSING_KEY = "Send an API key: Authorization: Bearer <key>."
+
+
+async def key_authenticate(request: Any, scope: str) -> ApiKey:
+    """The API key of `Authorization: Bearer <key>`, if it may be used now for `scope`; it
+    acts as `key.owner`. Session cookies are never read. Raises ApiKeyRefused: `missing_key`
+    without a bearer token (not audited: nothing was presented), or api_key_authenticate's
+    codes (audited under the caller's address, never a session's user)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiKeyRefused("missing_key", MISSING_KEY)
+    with audit_context.bind(audit_context.from_api_request(request, actor=None)):
+        key: ApiKey = await db(api_key_authenticate)(
+            raw=token.strip(), ip=client_ip(request), scope=scope
+        )
+    return key
 
 
 def folded(turns: list[tuple[str, str]]) -> str:

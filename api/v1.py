@@ -24,7 +24,6 @@ from ninja import NinjaAPI, Schema
 from ninja.security import HttpBearer
 from pydantic import Field, StrictBool, StrictInt, StrictStr
 
-from accounts.api_keys import api_key_authenticate
 from accounts.models import ApiKey, User
 from api import replies
 from api.errors import ApiError, error_response, install_handlers
@@ -33,7 +32,6 @@ from conversations import selectors, services
 from conversations.models import Conversation, Message
 from conversations.services import ReplyOptions
 from costs.services import budget_status_for, format_amount
-from enterprise_ai.client_ip import client_ip
 from providers.registry import default_model_for, models_for_user
 
 api = NinjaAPI(
@@ -58,28 +56,10 @@ class ApiKeyAuth(HttpBearer):
         self.scope = scope
 
     async def __call__(self, request: HttpRequest) -> ApiKey:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ApiError(401, "missing_key", "Send an API key: Authorization: Bearer <key>.")
-        # The refusal's audit event names the caller's address, never a session's user.
-        with audit_context.bind(_context(request, actor=None)):
-            return await replies.db(api_key_authenticate)(
-                raw=token.strip(), ip=client_ip(request), scope=self.scope
-            )
+        return await replies.key_authenticate(request, self.scope)
 
     def authenticate(self, request: HttpRequest, token: str) -> Any:  # pragma: no cover
         raise NotImplementedError  # __call__ does the work, asynchronously
-
-
-def _context(request: HttpRequest, *, actor: User | None) -> audit_context.AuditContext:
-    """Who and where for the audit trail: the key's owner, never a session's (nor is the
-    session read: it would be a synchronous query in an async view)."""
-    return audit_context.AuditContext(
-        actor=actor,
-        ip=client_ip(request),
-        user_agent=request.META.get("HTTP_USER_AGENT", "")[: audit_context.USER_AGENT_MAX],
-        request_id=getattr(request, "request_id", "") or audit_context.new_request_id(),
-    )
 
 
 def _owner(request: HttpRequest) -> User:
@@ -320,7 +300,7 @@ async def chat(request: HttpRequest, payload: ChatIn) -> Any:
     """Send a message and get the reply, whole or (`stream: true`) as Server-Sent Events:
     `delta` {text} …, then `done` (this endpoint's JSON answer) or `error` {code, message}."""
     owner = _owner(request)
-    with audit_context.bind(_context(request, actor=owner)):
+    with audit_context.bind(audit_context.from_api_request(request, actor=owner)):
         return await _chat_turn(request, payload, conversation_id=payload.conversation_id)
 
 
@@ -366,7 +346,7 @@ async def conversation_create(request: HttpRequest, payload: ConversationIn) -> 
     (200, the reply as POST /chat answers it; the key needs the `chat` scope too)."""
     owner = _owner(request)
     key: ApiKey = request.auth  # type: ignore[attr-defined]
-    with audit_context.bind(_context(request, actor=owner)):
+    with audit_context.bind(audit_context.from_api_request(request, actor=owner)):
         if payload.message is not None:
             if ApiKey.Scope.CHAT not in (key.scopes or []):
                 raise ApiError(403, "scope_missing", "This API key does not have the 'chat' scope.")
@@ -399,7 +379,7 @@ async def conversation_delete(request: HttpRequest, conversation_id: uuid.UUID) 
     Refused with 409 `legal_hold` while it or its owner is under legal hold, 409 `busy` while
     a reply is being written; another person's (or none) is 404 and audited."""
     owner = _owner(request)
-    with audit_context.bind(_context(request, actor=owner)):
+    with audit_context.bind(audit_context.from_api_request(request, actor=owner)):
         await replies.db(services.conversation_delete)(actor=owner, public_id=conversation_id)
     return 204, None
 
@@ -414,7 +394,7 @@ async def conversations_list(request: HttpRequest, before: uuid.UUID | None = No
     """The owner's conversations from every entry point, most recently active first; pass
     `next` as `before` for the next page."""
     owner = _owner(request)
-    with audit_context.bind(_context(request, actor=owner)):
+    with audit_context.bind(audit_context.from_api_request(request, actor=owner)):
         return await replies.db(_conversation_page)(owner, before)
 
 
@@ -452,7 +432,7 @@ async def conversation_detail(request: HttpRequest, conversation_id: uuid.UUID) 
     """A conversation of the owner's with its messages. Another person's (or none): 404, and
     the attempt is in the audit trail."""
     owner = _owner(request)
-    with audit_context.bind(_context(request, actor=owner)):
+    with audit_context.bind(audit_context.from_api_request(request, actor=owner)):
         return await replies.db(_conversation_detail)(owner, conversation_id)
 
 

@@ -73,6 +73,18 @@ def from_request(request: Any) -> AuditContext:
     )
 
 
+def from_api_request(request: Any, *, actor: Any) -> AuditContext:
+    """The context of an API request made with a key: `actor` is the key's owner (None
+    before the key is checked). The session is never read: a key is the only credential, and
+    reading it would be a synchronous query in an async view."""
+    return AuditContext(
+        actor=actor,
+        ip=client_ip(request),
+        user_agent=request.META.get("HTTP_USER_AGENT", "")[:USER_AGENT_MAX],
+        request_id=getattr(request, "request_id", "") or new_request_id(),
+    )
+
+
 def from_scope(scope: dict[str, Any], *, request_id: str | None = None) -> AuditContext:
     """The context of a WebSocket connection (its ASGI scope)."""
     headers = dict(scope.get("headers") or [])

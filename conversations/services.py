@@ -122,13 +122,17 @@ class ReplyOptions:
             return int(model.max_output_tokens)
         return min(int(model.max_output_tokens), self.max_output_tokens)
 
-    def stored(self) -> dict[str, Any]:
-        """As kept in Message.options (only what the caller set)."""
+    def _settings(self) -> dict[str, Any]:
         values: dict[str, Any] = {}
         if self.max_output_tokens is not None:
             values["max_output_tokens"] = self.max_output_tokens
         if self.temperature is not None:
             values["temperature"] = float(self.temperature)
+        return values
+
+    def stored(self) -> dict[str, Any]:
+        """As kept in Message.options (only what the caller set)."""
+        values = self._settings()
         if self.tools:
             values["tools"] = [
                 {"name": t.name, "description": t.description, "parameters": dict(t.parameters)}
@@ -140,8 +144,7 @@ class ReplyOptions:
 
     def audited(self) -> dict[str, Any]:
         """What the audit event records: the settings and the tools' names, not the text."""
-        values = self.stored()
-        values.pop("history", None)
+        values = self._settings()
         if self.tools:
             values["tools"] = [tool.name for tool in self.tools]
         return values
@@ -563,6 +566,7 @@ def _message_store(
     options: ReplyOptions | None = None,
 ) -> SendResult:
     options = options or ReplyOptions()
+    audited_options = options.audited()
     request_id = audit_context.current().request_id or audit_context.new_request_id()
     input_budget_tokens = input_budget(
         context_window=model.context_window,
@@ -651,7 +655,7 @@ def _message_store(
             "new_conversation": created,
             "source": str(source),
             **({"api_key": api_key.prefix} if api_key is not None else {}),
-            **({"options": options.audited()} if options.audited() else {}),
+            **({"options": audited_options} if audited_options else {}),
             **({"budget_alerts": alerts} if alerts else {}),
         },
     )
