@@ -44,6 +44,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "costs.view_costentry",
         "costs.view_modelprice",
         "guardrails.view_guardrailpolicy",
+        "retention.view_retentionpolicy",
     ),
     ADMINISTRATOR: (
         "accounts.access_console",
@@ -79,6 +80,10 @@ ROLES: dict[str, tuple[str, ...]] = {
         "costs.change_modelprice",
         "guardrails.view_guardrailpolicy",
         "guardrails.change_guardrailpolicy",
+        "retention.view_retentionpolicy",
+        "retention.add_retentionpolicy",
+        "retention.change_retentionpolicy",
+        "retention.delete_retentionpolicy",
     ),
 }
 

@@ -33,6 +33,7 @@ from conversations.models import Conversation, Message
 from conversations.services import ReplyOptions
 from costs.services import budget_status_for, format_amount
 from providers.registry import default_model_for, models_for_user
+from retention import services as retention_services
 
 api = NinjaAPI(
     title="Enterprise AI",
@@ -121,6 +122,14 @@ class ConversationIn(Schema):
     system_prompt: StrictStr | None = Field(None, description="As in POST /chat.")
     max_output_tokens: StrictInt | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    retention_days: StrictInt | None = Field(
+        None,
+        description="Erase this conversation's content this many days after its creation "
+        "(whatever its activity; legal holds still win). From 1 to RETENTION_API_MAX_DAYS "
+        "(3650 by default), and never longer than a retention policy covering you keeps "
+        "conversations: otherwise 400 `retention_days_invalid` or `retention_days_too_long`.",
+        json_schema_extra={"minimum": 1},
+    )
 
 
 class Usage(Schema):
@@ -305,9 +314,14 @@ async def chat(request: HttpRequest, payload: ChatIn) -> Any:
 
 
 async def _chat_turn(
-    request: HttpRequest, payload: ChatIn | ConversationIn, *, conversation_id: uuid.UUID | None
+    request: HttpRequest,
+    payload: ChatIn | ConversationIn,
+    *,
+    conversation_id: uuid.UUID | None,
+    retention_days: int | None = None,
 ) -> Any:
-    """One turn of POST /chat (or POST /conversations with a message), whole or streamed."""
+    """One turn of POST /chat (or POST /conversations with a message), whole or streamed;
+    `retention_days` (checked) gives the new conversation its expiry."""
     message = payload.message or ""
     text = (
         replies.folded([("system", payload.system_prompt), ("user", message)])
@@ -324,6 +338,8 @@ async def _chat_turn(
             max_output_tokens=payload.max_output_tokens, temperature=payload.temperature
         ),
     )
+    if retention_days is not None:
+        await replies.db(_expiry_set)(turn.conversation_id, retention_days)
     if getattr(payload, "stream", False):
         response = StreamingHttpResponse(
             replies.turn_stream(turn), content_type="text/event-stream"
@@ -347,24 +363,44 @@ async def conversation_create(request: HttpRequest, payload: ConversationIn) -> 
     owner = _owner(request)
     key: ApiKey = request.auth  # type: ignore[attr-defined]
     with audit_context.bind(audit_context.from_api_request(request, actor=owner)):
+        days = None
+        if payload.retention_days is not None:
+            days = await replies.db(_retention_days)(owner, payload.retention_days)
         if payload.message is not None:
             if ApiKey.Scope.CHAT not in (key.scopes or []):
                 raise ApiError(403, "scope_missing", "This API key does not have the 'chat' scope.")
-            return await _chat_turn(request, payload, conversation_id=None)
-        conversation = await replies.db(_conversation_create)(owner, payload)
+            return await _chat_turn(request, payload, conversation_id=None, retention_days=days)
+        conversation = await replies.db(_conversation_create)(owner, payload, days)
         return 201, await replies.db(_conversation_detail)(owner, conversation.public_id)
 
 
-def _conversation_create(owner: User, payload: ConversationIn) -> Conversation:
+def _retention_days(owner: User, days: int) -> int:
+    try:
+        return retention_services.retention_days_check(owner=owner, days=days)
+    except retention_services.RetentionError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+
+
+def _expiry_set(conversation_id: uuid.UUID, days: int) -> None:
+    conversation = Conversation.objects.get(public_id=conversation_id)
+    retention_services.conversation_expiry_set(conversation=conversation, days=days)
+
+
+def _conversation_create(owner: User, payload: ConversationIn, days: int | None) -> Conversation:
     model_key = payload.model
     if model_key is None:
         model = default_model_for(owner)
         if model is None:
             raise ApiError(403, "model_unavailable", "No model is available to you.")
         model_key = model.key
-    return services.conversation_create(
+    conversation = services.conversation_create(
         actor=owner, title=payload.title, model_key=model_key, source=Conversation.Source.API
     )
+    # Its own transaction, after the creation's: a refusal inside conversation_create is
+    # audited and must not be rolled back with anything of ours.
+    if days is not None:
+        retention_services.conversation_expiry_set(conversation=conversation, days=days)
+    return conversation
 
 
 @api.delete(

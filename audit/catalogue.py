@@ -46,6 +46,7 @@ class AuditAction(models.TextChoices):
     # Compliance
     LEGAL_HOLD_SET = "legal_hold.set", "Legal hold placed"
     LEGAL_HOLD_RELEASED = "legal_hold.released", "Legal hold released"
+    RETENTION_APPLIED = "retention.applied", "Retention policy applied (counts, per run)"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
     # Costs
@@ -86,4 +87,5 @@ class TargetType(models.TextChoices):
     AUDIT_TRAIL = "audit_trail", "Audit trail"
     SOCKET = "socket", "Chat socket"
     API_KEY = "api_key", "API key"
+    RETENTION_POLICY = "retention_policy", "Retention policy"
     OTHER = "other", "Other"

@@ -51,6 +51,7 @@ _TARGET_TYPES = {
     "costs.budget": TargetType.BUDGET,
     "costs.modelprice": TargetType.PRICE,
     "audit.auditevent": TargetType.AUDIT_EVENT,
+    "retention.retentionpolicy": TargetType.RETENTION_POLICY,
 }
 
 

@@ -102,6 +102,8 @@ INSTALLED_APPS = [
     "costs",
     "tools",
     "guardrails",
+    # Retention policies and runs (docs/data-protection.md, "Retention").
+    "retention",
     # The REST API under /api/v1/ (django-ninja), authenticated by API keys.
     "api",
     # Metrics, health and readiness, the usage dashboard (docs/operations.md).
@@ -596,6 +598,20 @@ AUDIT_ANCHOR_RETENTION_DAYS = env.int("AUDIT_ANCHOR_RETENTION_DAYS", 2557, min_v
 AUDIT_ANCHOR_LOCK_MODE = env.str("AUDIT_ANCHOR_LOCK_MODE", "COMPLIANCE")
 if AUDIT_ANCHOR_LOCK_MODE not in {"COMPLIANCE", "GOVERNANCE"}:
     raise ImproperlyConfigured("AUDIT_ANCHOR_LOCK_MODE must be COMPLIANCE or GOVERNANCE.")
+# --- Retention (docs/data-protection.md, "Retention") ----------------------------------------
+
+# How often retention runs (Celery beat, or `manage.py serve` embedded), how many
+# conversations one batch (one transaction) and one run handle at most, and the longest
+# per-conversation expiry the REST API accepts (`retention_days`).
+RETENTION_INTERVAL_SECONDS = env.int("RETENTION_INTERVAL_SECONDS", 3600, min_value=60)
+RETENTION_BATCH_SIZE = env.int("RETENTION_BATCH_SIZE", 200, min_value=1)
+RETENTION_MAX_PER_RUN = env.int("RETENTION_MAX_PER_RUN", 10000, min_value=1)
+if RETENTION_MAX_PER_RUN < RETENTION_BATCH_SIZE:
+    raise ImproperlyConfigured("RETENTION_MAX_PER_RUN must be at least RETENTION_BATCH_SIZE.")
+RETENTION_API_MAX_DAYS = env.int("RETENTION_API_MAX_DAYS", 3650, min_value=1)
+if RETENTION_API_MAX_DAYS > 36500:
+    raise ImproperlyConfigured("RETENTION_API_MAX_DAYS must be at most 36500 (a hundred years).")
+
 # Keep a proxy's X-Request-ID (only behind a proxy that sets or strips it).
 AUDIT_TRUST_REQUEST_ID_HEADER = env.bool("AUDIT_TRUST_REQUEST_ID_HEADER", False)
 # Denied events (refusals) written per action and person, or address when anonymous, per
@@ -632,6 +648,10 @@ CELERY_BEAT_SCHEDULE = {
     "accounts-clear-expired-sessions": {
         "task": "accounts.tasks.clear_expired_sessions",
         "schedule": 3600.0,
+    },
+    "retention-apply": {
+        "task": "retention.tasks.apply_retention",
+        "schedule": float(RETENTION_INTERVAL_SECONDS),
     },
 }
 
