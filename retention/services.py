@@ -31,7 +31,7 @@ from django.db.models import DateTimeField, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from audit.catalogue import AuditAction, TargetType
+from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.services import audit_record
 from conversations.models import Conversation, Message
 from retention import rules as retention_rules
@@ -104,8 +104,9 @@ def retention_apply(
     """Apply every enabled retention rule once; return what was done per rule.
 
     Each batch commits on its own; each rule's audit event (`retention.applied`, with the
-    counts) is written after its batches. Raises only database errors (the batches already
-    committed stay done and the next run carries on).
+    counts) is written after its batches. Raises only database errors: the batches already
+    committed stay done, the rule's event records them with outcome `failed`, and the next
+    run carries on.
     """
     now = now or timezone.now()
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
@@ -113,29 +114,46 @@ def retention_apply(
     run = RunOutcome(run_id=uuid.uuid4().hex[:16])
     rules = retention_rules.rules_active()
     for index, rule in enumerate(rules):
-        left = budget - run.conversations
-        outcome = _apply_rule(rules, index, now=now, batch_size=batch_size, budget=left)
+        outcome = RuleOutcome(rule=rule)
         run.outcomes.append(outcome)
+        left = budget - run.conversations
+        try:
+            _apply_rule(rules, index, outcome, now=now, batch_size=batch_size, budget=left)
+        except Exception:
+            # The batches committed so far stay done: record them, then let the error out.
+            _record(outcome, run.run_id, failed=True)
+            raise
         # The API expiry is a rule of its own only when it had something to do.
         if rule.key == retention_rules.API_TTL and not (
             outcome.conversations or outcome.held_skipped or outcome.busy_skipped
         ):
             continue
-        with transaction.atomic():
-            audit_record(
-                action=AuditAction.RETENTION_APPLIED,
-                actor=None,
-                target=(TargetType.RETENTION_POLICY, rule.key),
-                details=outcome.audit_details(run.run_id),
-            )
+        _record(outcome, run.run_id, failed=False)
     return run
 
 
+@transaction.atomic
+def _record(outcome: RuleOutcome, run_id: str, *, failed: bool) -> None:
+    audit_record(
+        action=AuditAction.RETENTION_APPLIED,
+        actor=None,
+        target=(TargetType.RETENTION_POLICY, outcome.rule.key),
+        outcome=AuditOutcome.FAILED if failed else AuditOutcome.SUCCESS,
+        details=outcome.audit_details(run_id),
+    )
+
+
 def _apply_rule(
-    rules: list[Rule], index: int, *, now: dt.datetime, batch_size: int, budget: int
-) -> RuleOutcome:
+    rules: list[Rule],
+    index: int,
+    outcome: RuleOutcome,
+    *,
+    now: dt.datetime,
+    batch_size: int,
+    budget: int,
+) -> None:
+    """Work through the rule's conversations in batches, counting into `outcome`."""
     rule = rules[index]
-    outcome = RuleOutcome(rule=rule)
     targeted = retention_rules.targeted(rules, index, now)
     outcome.held_skipped = targeted.filter(retention_rules.HELD).count()
     outcome.busy_skipped = (
@@ -153,7 +171,7 @@ def _apply_rule(
                 .values_list("pk", flat=True)[:size]
             )
             if not ids:
-                return outcome
+                return
             # Under the lock no new message can start; one that started just before is seen.
             busy = set(
                 Message.objects.filter(
@@ -167,9 +185,8 @@ def _apply_rule(
             outcome.messages += _act(ids, action=rule.action, now=now, key=rule.key)
             outcome.conversations += len(ids)
         if len(ids) + len(busy) < size:
-            return outcome
+            return
     outcome.capped = todo.exclude(pk__in=skipped).exists()
-    return outcome
 
 
 def _act(ids: list[int], *, action: str, now: dt.datetime, key: str) -> int:

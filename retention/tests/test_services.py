@@ -247,6 +247,8 @@ def test_each_batch_is_its_own_transaction(owner, django_capture_on_commit_callb
     with mock.patch.object(services, "_act", act_then_fail), pytest.raises(RuntimeError):
         retention_apply(batch_size=2)
     assert [is_erased(c) for c in conversations] == [False, False, True, True]
+    [failed] = AuditEvent.objects.filter(action=AuditAction.RETENTION_APPLIED)
+    assert failed.outcome == "failed" and failed.details["conversations_erased"] == 2
     assert retention_apply(batch_size=2).conversations == 2
 
 

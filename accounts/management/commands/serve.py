@@ -28,8 +28,9 @@ class Command(BaseCommand):
         if settings.TASK_DISPATCH == "thread":
             scheduler.start()
             self.stdout.write(
-                "Periodic tasks (audit checkpoints) run in this process every "
-                f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s."
+                "Periodic tasks run in this process: audit checkpoints every "
+                f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s, retention every "
+                f"{settings.RETENTION_INTERVAL_SECONDS}s."
             )
         # daphne refuses client frames and messages over the chat's limit from their headers,
         # before buffering them, and writes its access log through logging (masked, JSON in
