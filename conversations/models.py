@@ -52,6 +52,8 @@ class Conversation(models.Model):
             models.Index(fields=["owner", "-updated_at"], name="conv_owner_updated_idx"),
             # "My chat conversations, newest first": the chat list leaves API calls out.
             models.Index(fields=["owner", "source", "-updated_at"], name="conv_owner_source_idx"),
+            # Retention's scan (retention/rules.py): the longest-inactive conversations first.
+            models.Index(fields=["updated_at", "id"], name="conv_retention_idx"),
         ]
         permissions = [
             ("manage_legal_hold", "Can place and release legal holds on conversations"),

@@ -298,3 +298,34 @@ def test_the_command_dry_run_changes_nothing_and_the_command_applies(owner, caps
     assert "erased 1 conversations (2 messages)" in out
     assert is_erased(old)
     assert len(applied_events()) == 1
+
+
+def test_the_api_expiry_comes_first_and_each_conversation_counts_under_one_rule(
+    owner, colleague
+) -> None:
+    from retention.services import conversation_expiry_set
+
+    org = org_policy(30)
+    expired = aged_conversation(owner, days=40)
+    conversation_expiry_set(conversation=expired, days=5)
+    held_expired = aged_conversation(colleague, days=40)
+    conversation_expiry_set(conversation=held_expired, days=5)
+    Conversation.objects.filter(pk=held_expired.pk).update(legal_hold=True)
+    not_yet = aged_conversation(owner, days=2)
+    conversation_expiry_set(conversation=not_yet, days=5)
+    inactive = aged_conversation(owner, days=35)
+
+    [ttl, policy] = retention_forecast()
+    assert (ttl.conversations, ttl.held_skipped) == (1, 1)
+    assert (policy.conversations, policy.held_skipped) == (1, 0)
+
+    run = retention_apply()
+
+    assert is_erased(expired) and is_erased(inactive)
+    assert is_intact(not_yet) and is_intact(held_expired)
+    by_policy = {e["policy"]: e for e in applied_events()}
+    assert by_policy["api_ttl"]["conversations_erased"] == 1
+    assert by_policy["api_ttl"]["held_skipped"] == 1
+    assert by_policy[str(org.pk)]["conversations_erased"] == 1
+    assert by_policy[str(org.pk)]["held_skipped"] == 0
+    assert run.held_skipped == 1
