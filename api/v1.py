@@ -33,6 +33,7 @@ from conversations.models import Conversation, Message
 from conversations.services import ReplyOptions
 from costs.services import budget_status_for, format_amount
 from providers.registry import default_model_for, models_for_user
+from retention import selectors as retention_selectors
 from retention import services as retention_services
 
 api = NinjaAPI(
@@ -178,6 +179,11 @@ class MessageOut(Schema):
 
 
 class ConversationDetailOut(ConversationOut):
+    expires_at: datetime | None = Field(
+        None,
+        description="When its content will be erased (the `retention_days` it was created "
+        "with), or null: the organisation's retention policies apply.",
+    )
     messages: list[MessageOut]
 
 
@@ -496,6 +502,7 @@ def _conversation_detail(owner: User, conversation_id: uuid.UUID) -> dict[str, A
         "title": conversation.title,
         "source": conversation.source,
         "updated_at": conversation.updated_at,
+        "expires_at": retention_selectors.conversation_expiry(conversation=conversation),
         "messages": messages,
     }
 

@@ -8,9 +8,19 @@ from dataclasses import dataclass
 from django.db.models import Min
 from django.utils import timezone
 
-from conversations.models import Message
+from conversations.models import Conversation, Message
 from retention import rules as retention_rules
+from retention.models import ConversationRetention
 from retention.rules import Rule
+
+
+def conversation_expiry(*, conversation: Conversation) -> dt.datetime | None:
+    """When the conversation's own expiry (the API's `retention_days`) erases it, or None."""
+    return (
+        ConversationRetention.objects.filter(conversation=conversation)
+        .values_list("expires_at", flat=True)
+        .first()
+    )
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,11 @@ async def test_an_expiry_is_stored_and_the_run_erases_the_conversation_when_it_p
     record = await ConversationRetention.objects.aget(conversation=conversation)
     assert record.ttl_days == 7
     assert record.expires_at == conversation.created_at + dt.timedelta(days=7)
+    # The answer says when.
+    answered = dt.datetime.fromisoformat(response.json()["expires_at"].replace("Z", "+00:00"))
+    assert abs(answered - record.expires_at) < dt.timedelta(milliseconds=1)  # JSON: ms
+    detail = await AsyncClient().get(f"{URL}/{conversation.public_id}", headers=headers)
+    assert detail.json()["expires_at"] == response.json()["expires_at"]
 
     await sync_to_async(retention_apply)(now=timezone.now() + dt.timedelta(days=6))
     assert await sync_to_async(is_intact)(conversation)
@@ -71,6 +76,7 @@ async def test_an_expiry_with_a_first_message_is_stored(
 async def test_without_an_expiry_nothing_is_stored(headers: dict[str, str]) -> None:
     response = await create(headers, title="Kept")
     assert response.status_code == 201
+    assert response.json()["expires_at"] is None
     assert not await ConversationRetention.objects.aexists()
 
 
