@@ -1,9 +1,11 @@
-"""Scheduled audit work: signing a checkpoint of the chain's head (Celery beat)."""
+"""Scheduled audit work (Celery beat, or the embedded scheduler of `manage.py serve`):
+signing a checkpoint of the chain's head, and sweeping pending events into the chain."""
 
 from __future__ import annotations
 
 from celery import shared_task
 
+from audit import services
 from audit.services import checkpoint_create
 
 
@@ -11,3 +13,10 @@ from audit.services import checkpoint_create
 def audit_checkpoint() -> int:
     """Sign the chain's head (also when nothing happened). Returns the checkpoint's id."""
     return int(checkpoint_create().pk)
+
+
+@shared_task(name="audit.tasks.audit_chain_pending", ignore_result=True)
+def audit_chain_pending() -> int:
+    """The sweep: chain pending events nobody chained after their commit (normally none,
+    unless a process died between its commit and its chainer). Returns how many."""
+    return services.audit_chain_pending()
