@@ -343,9 +343,10 @@ def _spec_of(row: PendingAuditEvent, actors: Mapping[Any, Any]) -> EventSpec:
     )
 
 
-def _chain_batch(limit: int = CHAIN_BATCH_SIZE) -> int:
-    """Move up to `limit` committed pending events into the chain, lowest id first, and
-    delete them. The caller's transaction must hold the chain lock. Returns how many."""
+def _chain_batch() -> int:
+    """Move up to CHAIN_BATCH_SIZE committed pending events into the chain, lowest id first,
+    and delete them. The caller's transaction must hold the chain lock. Returns how many."""
+    limit = CHAIN_BATCH_SIZE
     rows = list(PendingAuditEvent.objects.order_by("id")[:limit])
     if not rows:
         return 0
