@@ -34,9 +34,8 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, overload
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Model
+from django.db.models import Model, Subquery
 from django.utils import timezone
 
 from audit import chain
@@ -317,22 +316,23 @@ def _try_lock_chain() -> bool:
     if connection.vendor != "postgresql":
         return True  # SQLite: the transaction is the database's single writer
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [CHAIN_LOCK_KEY])
+        # synchronous_commit off for the chainer's own transaction: if its commit is lost in
+        # a crash, the pending rows it deletes come back with it and are chained again, so
+        # the chain never holds what the pending table lost. Writers' commits stay
+        # synchronous. (One round trip: set_config is harmless when the lock is refused.)
+        cursor.execute(
+            "SELECT pg_try_advisory_xact_lock(%s), set_config('synchronous_commit', 'off', true)",
+            [CHAIN_LOCK_KEY],
+        )
         row = cursor.fetchone()
-        locked = bool(row and row[0])
-        if locked:
-            # If this commit is lost in a crash, the pending rows it deletes come back with
-            # it and are chained again: the chain never holds what the pending table lost.
-            # Writers' own commits stay synchronous.
-            cursor.execute("SET LOCAL synchronous_commit TO OFF")
-    return locked
+    return bool(row and row[0])
 
 
-def _spec_of(row: PendingAuditEvent, actors: Mapping[Any, Any]) -> EventSpec:
+def _spec_of(row: PendingAuditEvent) -> EventSpec:
     return EventSpec(
         action=row.action,
         outcome=row.outcome,
-        actor=actors[row.actor_id] if row.actor_id is not None else None,
+        actor=row.actor,
         ip=row.ip,
         user_agent=row.user_agent,
         session_hash=row.session_hash,
@@ -347,18 +347,24 @@ def _chain_batch() -> int:
     """Move up to CHAIN_BATCH_SIZE committed pending events into the chain, lowest id first,
     and delete them. The caller's transaction must hold the chain lock. Returns how many."""
     limit = CHAIN_BATCH_SIZE
-    rows = list(PendingAuditEvent.objects.order_by("id")[:limit])
+    head = AuditEvent.objects.order_by("-sequence")
+    rows = list(
+        PendingAuditEvent.objects.select_related("actor")
+        # The chain's head comes with the rows (one round trip, evaluated once).
+        .annotate(
+            head_sequence=Subquery(head.values("sequence")[:1]),
+            head_hash=Subquery(head.values("hash")[:1]),
+        )
+        .order_by("id")[:limit]
+    )
     if not rows:
         return 0
-    actor_ids = {row.actor_id for row in rows if row.actor_id is not None}
-    actors = get_user_model().objects.in_bulk(actor_ids) if actor_ids else {}
-    sequence, prev_hash = _head()
+    sequence: int = rows[0].head_sequence or 0  # type: ignore[attr-defined]
+    prev_hash: str = rows[0].head_hash or chain.GENESIS_HASH  # type: ignore[attr-defined]
     events: list[AuditEvent] = []
     for row in rows:
         sequence += 1
-        event = _build(
-            _spec_of(row, actors), sequence=sequence, prev_hash=prev_hash, now=row.occurred_at
-        )
+        event = _build(_spec_of(row), sequence=sequence, prev_hash=prev_hash, now=row.occurred_at)
         prev_hash = event.hash
         events.append(event)
     AuditEvent.objects.all()._chain_bulk_create(events, batch_size=limit)
