@@ -274,8 +274,7 @@ def _record_pending(spec: EventSpec, *, now: datetime) -> AuditEvent:
     )
     row.save(force_insert=True)
     _chain_after_commit()
-    event = AuditEvent(
-        sequence=None,
+    event = AuditEvent(  # no sequence: not in the chain yet
         occurred_at=now,
         actor=actor,
         actor_email=(actor.email or "").lower()[:254] if actor is not None else "",
@@ -299,7 +298,7 @@ def _record_pending(spec: EventSpec, *, now: datetime) -> AuditEvent:
 def _chain_after_commit() -> None:
     """Run the chainer once the current transaction commits (at once in autocommit mode);
     nothing if it rolls back. One callback per transaction, however many events it records."""
-    if any(func is _chain_soon for _ids, func, _robust in connection.run_on_commit):
+    if any(entry[1] is _chain_soon for entry in connection.run_on_commit):
         return
     transaction.on_commit(_chain_soon)
 
@@ -359,8 +358,8 @@ def _chain_batch() -> int:
     )
     if not rows:
         return 0
-    sequence: int = rows[0].head_sequence or 0  # type: ignore[attr-defined]
-    prev_hash: str = rows[0].head_hash or chain.GENESIS_HASH  # type: ignore[attr-defined]
+    sequence: int = rows[0].head_sequence or 0
+    prev_hash: str = rows[0].head_hash or chain.GENESIS_HASH
     events: list[AuditEvent] = []
     for row in rows:
         sequence += 1
@@ -368,7 +367,9 @@ def _chain_batch() -> int:
         prev_hash = event.hash
         events.append(event)
     AuditEvent.objects.all()._chain_bulk_create(events, batch_size=limit)
-    PendingAuditEvent.objects.filter(id__in=[row.id for row in rows])._chained_delete()
+    deleted = PendingAuditEvent.objects.filter(id__in=[row.id for row in rows])._chained_delete()
+    if deleted != len(rows):  # someone else moved some of them: chaining twice is worse
+        raise RuntimeError(f"chained {len(rows)} pending audit events but deleted {deleted}")
     return len(rows)
 
 

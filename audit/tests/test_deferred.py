@@ -173,7 +173,7 @@ def test_an_event_left_unchained_too_long_fails_verification_as_unchained(owner)
     assert verify_chain(now=event.occurred_at + timedelta(seconds=1)).ok  # a moment later
     report = verify_chain(now=event.occurred_at + grace + timedelta(seconds=1))
     assert report.problem is not None and report.problem.kind == "unchained"
-    assert f"pending row {event.pending_id}" in report.problem.message
+    assert f"pending row {event.pending_id}" in report.problem.message  # type: ignore[attr-defined]
 
 
 def test_a_pending_first_event_is_not_an_empty_trail(owner) -> None:

@@ -173,7 +173,7 @@ def test_concurrent_writers_never_fork_the_chain() -> None:
                     details={"writer": index, "n": n},
                 )
                 with lock:
-                    recorded.append(event.pending_id)
+                    recorded.append(event.pending_id)  # type: ignore[attr-defined]
             if index % 10 == 0:  # checkpoints signed while the others write
                 checkpoint_create()
         except BaseException as exc:
