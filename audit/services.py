@@ -36,6 +36,7 @@ from typing import Any, Literal, overload
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Model, Subquery
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from audit import chain
@@ -312,19 +313,23 @@ def _chain_soon() -> None:
 
 
 def _try_lock_chain() -> bool:
+    """Take the chain lock if it is free, for this session (released by `_unlock_chain`).
+
+    Session-level, in autocommit: a writer that finds it taken spends one round trip and no
+    transaction. It conflicts with the transaction-level lock of `_lock_chain`.
+    """
     if connection.vendor != "postgresql":
-        return True  # SQLite: the transaction is the database's single writer
+        return True  # SQLite: each transaction is the database's single writer
     with connection.cursor() as cursor:
-        # synchronous_commit off for the chainer's own transaction: if its commit is lost in
-        # a crash, the pending rows it deletes come back with it and are chained again, so
-        # the chain never holds what the pending table lost. Writers' commits stay
-        # synchronous. (One round trip: set_config is harmless when the lock is refused.)
-        cursor.execute(
-            "SELECT pg_try_advisory_xact_lock(%s), set_config('synchronous_commit', 'off', true)",
-            [CHAIN_LOCK_KEY],
-        )
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [CHAIN_LOCK_KEY])
         row = cursor.fetchone()
     return bool(row and row[0])
+
+
+def _unlock_chain() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [CHAIN_LOCK_KEY])
 
 
 def _spec_of(row: PendingAuditEvent) -> EventSpec:
@@ -342,20 +347,29 @@ def _spec_of(row: PendingAuditEvent) -> EventSpec:
     )
 
 
-def _chain_batch() -> int:
+def _chain_batch(*, asynchronous_commit: bool = False) -> int:
     """Move up to CHAIN_BATCH_SIZE committed pending events into the chain, lowest id first,
-    and delete them. The caller's transaction must hold the chain lock. Returns how many."""
+    and delete them. The caller must hold the chain lock, in a transaction. Returns how many.
+
+    With `asynchronous_commit` (the chainer's own transaction), that transaction commits with
+    synchronous_commit off: if the commit is lost in a crash, the deletion of the pending rows
+    is lost with it and they are chained again, so the chain never holds what the pending
+    table lost. Writers' commits, and checkpoints', stay synchronous.
+    """
     limit = CHAIN_BATCH_SIZE
     head = AuditEvent.objects.order_by("-sequence")
-    rows = list(
-        PendingAuditEvent.objects.select_related("actor")
-        # The chain's head comes with the rows (one round trip, evaluated once).
-        .annotate(
-            head_sequence=Subquery(head.values("sequence")[:1]),
-            head_hash=Subquery(head.values("hash")[:1]),
-        )
-        .order_by("id")[:limit]
+    pending = PendingAuditEvent.objects.select_related("actor").annotate(
+        # The chain's head comes with the rows (one round trip; evaluated once).
+        head_sequence=Subquery(head.values("sequence")[:1]),
+        head_hash=Subquery(head.values("hash")[:1]),
     )
+    if asynchronous_commit and connection.vendor == "postgresql":
+        # SET LOCAL without a round trip of its own (a no-op when there are no rows, and
+        # then there is nothing to commit either).
+        pending = pending.annotate(
+            async_commit=RawSQL("set_config('synchronous_commit', 'off', true)", ())
+        )
+    rows = list(pending.order_by("id")[:limit])
     if not rows:
         return 0
     sequence: int = rows[0].head_sequence or 0
@@ -375,24 +389,31 @@ def _chain_batch() -> int:
 
 def audit_chain_pending(*, max_batches: int | None = None) -> int:
     """Link committed pending events into the chain, lowest id first, in batches of
-    CHAIN_BATCH_SIZE (each one transaction under the chain lock); returns how many.
+    CHAIN_BATCH_SIZE (each its own transaction, under the chain lock); returns how many.
 
-    Call it outside a transaction. It returns at once when another process holds the chain
-    lock: that process looks again after releasing it, so a row committed meanwhile is not
+    Call it outside a transaction. It returns at once when another session holds the chain
+    lock: that session looks again after releasing it, so a row committed meanwhile is not
     left behind (see docs/audit.md). With `max_batches`, it stops after that many batches.
     Database errors propagate; what was not chained stays pending.
     """
     total = 0
     batches = 0
     while max_batches is None or batches < max_batches:
-        with transaction.atomic():
-            if not _try_lock_chain():
-                return total
-            moved = _chain_batch()
-        total += moved
-        batches += 1
-        # The lock is released: anything committed while it was held is visible now.
-        if moved < CHAIN_BATCH_SIZE and not PendingAuditEvent.objects.exists():
+        if not _try_lock_chain():
+            return total
+        try:
+            while max_batches is None or batches < max_batches:
+                with transaction.atomic():
+                    moved = _chain_batch(asynchronous_commit=True)
+                total += moved
+                batches += 1
+                if moved < CHAIN_BATCH_SIZE:
+                    break
+        finally:
+            _unlock_chain()
+        # The lock is released: anything committed while it was held is visible now, and
+        # its writer, refused the lock, counts on this look.
+        if not PendingAuditEvent.objects.exists():
             break
     return total
 
