@@ -164,7 +164,7 @@ class PendingAuditEvent(models.Model):
     then moves committed rows into `AuditEvent` in `id` order, giving each its sequence and
     hash, and deletes them in the same transaction. Rows live here for milliseconds. The
     table is append-only but for that delete: a PostgreSQL trigger refuses UPDATE and
-    TRUNCATE, and DELETE unless the deleting transaction holds the chain lock (migration
+    TRUNCATE, and DELETE unless the deleting session holds the chain lock (migration
     0008); see docs/audit.md, "Write path".
     """
 

@@ -1,7 +1,7 @@
 """Pending audit events (audit.PendingAuditEvent) and, on PostgreSQL, their guard.
 
 One statement-level trigger refuses UPDATE and TRUNCATE on the pending table, and DELETE
-unless the deleting transaction holds the chain's advisory lock (key 0x6175646974, "audit":
+unless the deleting session holds the chain's advisory lock (key 0x6175646974, "audit":
 pg_locks shows it as classid 97, objid 1969514868, objsubid 1): only the chainer, which
 copies the rows into the chain in the same transaction, removes them. See docs/audit.md.
 """
