@@ -141,3 +141,57 @@ class AuditAnchor(AppendOnlyModel):
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+
+class PendingQuerySet(models.QuerySet):
+    """Reads only, plus the chainer's delete of the rows it has just moved into the chain."""
+
+    update = _refuse
+    delete = _refuse
+    bulk_update = _refuse
+    update_or_create = _refuse
+
+    def _chained_delete(self) -> int:
+        """Delete rows already copied into the chain (audit.services' chainer only)."""
+        return int(self._raw_delete(self.db))
+
+
+class PendingAuditEvent(models.Model):
+    """An event recorded in its change's transaction and not yet linked into the chain.
+
+    On PostgreSQL `audit_record` writes here, without taking the chain lock, so concurrent
+    transactions commit side by side; the chainer (`audit.services.audit_chain_pending`)
+    then moves committed rows into `AuditEvent` in `id` order, giving each its sequence and
+    hash, and deletes them in the same transaction. Rows live here for milliseconds. The
+    table is append-only but for that delete: a PostgreSQL trigger refuses UPDATE and
+    TRUNCATE, and DELETE unless the deleting session holds the chain lock (migration
+    0008); see docs/audit.md, "Write path".
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    occurred_at = models.DateTimeField()
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,  # read only by id, in order
+    )
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    session_hash = models.CharField(max_length=64, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    action = models.CharField(max_length=64)
+    target_type = models.CharField(max_length=32, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    outcome = models.CharField(max_length=16)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = PendingQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"pending {self.id} {self.action} ({self.outcome})"

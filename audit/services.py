@@ -4,10 +4,23 @@ Call `audit_record(...)` inside the transaction of the change it records, as the
 the event then commits or rolls back with the change. A denial that rolls its transaction
 back is recorded after the rollback, in a transaction of its own.
 
-Writers are serialised so the chain never forks: on PostgreSQL by a transaction-scoped
-advisory lock taken just before reading the chain's head; on SQLite by the database's single
-writer (transactions begin IMMEDIATE). The primary key on `sequence` and the unique `hash`
-are the last line of defence.
+Two write paths (AUDIT_WRITE_PATH; docs/audit.md, "Write path"):
+
+- deferred (the default on PostgreSQL): `audit_record` inserts the event into
+  `PendingAuditEvent` in the caller's transaction, without any lock, so concurrent
+  transactions commit side by side. Right after the commit (`transaction.on_commit`) the
+  chainer, `audit_chain_pending`, moves committed pending rows into the chain in id order,
+  in batches, under the chain lock (a try-lock: a writer never waits for it), and deletes
+  them in the same transaction. The scheduler runs the same chainer as a sweep for rows a
+  crashed process left behind.
+- direct (the default on SQLite): `audit_record` chains the event itself, in the caller's
+  transaction, under the chain lock.
+
+Whoever appends to the chain holds the chain lock, so it never forks: on PostgreSQL a
+transaction-scoped advisory lock taken just before reading the chain's head; on SQLite the
+database's single writer (transactions begin IMMEDIATE). The primary key on `sequence` and
+the unique `hash` are the last line of defence. `_build` is the one place that turns an
+event spec into the hashed fields of a chained row.
 """
 
 from __future__ import annotations
@@ -22,13 +35,14 @@ from typing import Any, Literal, overload
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Model
+from django.db.models import Model, Subquery
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from audit import chain
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
-from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
+from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, PendingAuditEvent
 from enterprise_ai import ratelimit
 from observability import metrics
 
@@ -37,6 +51,11 @@ logger = logging.getLogger(__name__)
 # pg_advisory_xact_lock key for the chain head ("audit" in ASCII).
 CHAIN_LOCK_KEY = 0x6175646974
 DETAILS_MAX_BYTES = 16_384
+# Pending events moved into the chain per transaction of the chainer, and how many such
+# batches a writer's post-commit chainer runs before leaving the rest to the others (or to
+# the sweep): under a sustained burst one writer must not keep chaining for everyone.
+CHAIN_BATCH_SIZE = 1000
+AFTER_COMMIT_MAX_BATCHES = 20
 
 _FROM_CONTEXT: Any = object()
 
@@ -176,7 +195,12 @@ def audit_record(
     details: Mapping[str, Any] | None = None,
     context: audit_context.AuditContext | None = None,
 ) -> AuditEvent | None:
-    """Append one event to the chain and return it.
+    """Record one event in the caller's transaction and return it.
+
+    On the direct write path the returned event is chained: it has its `sequence` and
+    `hash`. On the deferred path (PostgreSQL's default) it is the event as recorded, not yet
+    linked: `sequence` is None and `hash` empty until the chainer links it, a moment after
+    the commit; `pending_id` names its pending row. Either way it cannot be saved again.
 
     `actor` defaults to the person of the current request or socket (`context` or the bound
     one); pass `actor=None` for anonymous or system events. `details` holds facts — ids, field
@@ -207,13 +231,192 @@ def audit_record(
         details={**extra, **(details or {})},
     )
     started = time.perf_counter()
-    with transaction.atomic():
-        _lock_chain()
-        sequence, prev_hash = _head()
-        event = _build(spec, sequence=sequence + 1, prev_hash=prev_hash, now=timezone.now())
-        event.save()
+    if _deferred():
+        event = _record_pending(spec, now=timezone.now())
+    else:
+        with transaction.atomic():
+            _lock_chain()
+            sequence, prev_hash = _head()
+            event = _build(spec, sequence=sequence + 1, prev_hash=prev_hash, now=timezone.now())
+            event.save()
     metrics.audit_written(action=str(action), seconds=time.perf_counter() - started)
     return event
+
+
+# --- Deferred write path: pending events and the chainer ------------------------------------
+
+
+def _deferred() -> bool:
+    path: str = settings.AUDIT_WRITE_PATH
+    if path == "auto":
+        return connection.vendor == "postgresql"
+    return path == "deferred"
+
+
+def _record_pending(spec: EventSpec, *, now: datetime) -> AuditEvent:
+    """Insert the event, unchained, in the caller's transaction; chain it after the commit.
+
+    No lock is taken, so transactions that record events commit concurrently. The row's
+    columns hold the spec as given (cut to the columns' sizes); `_build` makes the chained
+    row's fields from it later, exactly as it would have now.
+    """
+    actor = spec.actor
+    row = PendingAuditEvent(
+        occurred_at=now,
+        actor_id=actor.pk if actor is not None else None,
+        ip=spec.ip,
+        user_agent=spec.user_agent[: audit_context.USER_AGENT_MAX],
+        session_hash=spec.session_hash,
+        request_id=spec.request_id[:64],
+        action=str(spec.action),
+        target_type=str(spec.target_type),
+        target_id=str(spec.target_id)[:64],
+        outcome=str(spec.outcome),
+        details=chain.normalise_details(spec.details),
+    )
+    row.save(force_insert=True)
+    _chain_after_commit()
+    event = AuditEvent(  # no sequence: not in the chain yet
+        occurred_at=now,
+        actor=actor,
+        actor_email=(actor.email or "").lower()[:254] if actor is not None else "",
+        ip=row.ip,
+        user_agent=row.user_agent,
+        session_hash=row.session_hash,
+        request_id=row.request_id,
+        action=row.action,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        outcome=row.outcome,
+        details=row.details,
+        prev_hash="",
+        hash="",
+    )
+    event._state.adding = False  # not a row to insert: saving it is refused (append-only)
+    event.pending_id = row.pk  # type: ignore[attr-defined]
+    return event
+
+
+def _chain_after_commit() -> None:
+    """Run the chainer once the current transaction commits (at once in autocommit mode);
+    nothing if it rolls back. One callback per transaction, however many events it records."""
+    if any(entry[1] is _chain_soon for entry in connection.run_on_commit):
+        return
+    transaction.on_commit(_chain_soon)
+
+
+def _chain_soon() -> None:
+    """The post-commit chainer: never raises into the request whose change just committed."""
+    try:
+        audit_chain_pending(max_batches=AFTER_COMMIT_MAX_BATCHES)
+    except Exception as exc:  # the rows stay pending: the next writer or the sweep chains them
+        logger.warning("audit events left pending for the sweep: %s", type(exc).__name__)
+
+
+def _try_lock_chain() -> bool:
+    """Take the chain lock if it is free, for this session (released by `_unlock_chain`).
+
+    Session-level, in autocommit: a writer that finds it taken spends one round trip and no
+    transaction. It conflicts with the transaction-level lock of `_lock_chain`.
+    """
+    if connection.vendor != "postgresql":
+        return True  # SQLite: each transaction is the database's single writer
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [CHAIN_LOCK_KEY])
+        row = cursor.fetchone()
+    return bool(row and row[0])
+
+
+def _unlock_chain() -> None:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [CHAIN_LOCK_KEY])
+
+
+def _spec_of(row: PendingAuditEvent) -> EventSpec:
+    return EventSpec(
+        action=row.action,
+        outcome=row.outcome,
+        actor=row.actor,
+        ip=row.ip,
+        user_agent=row.user_agent,
+        session_hash=row.session_hash,
+        request_id=row.request_id,
+        target_type=row.target_type,
+        target_id=row.target_id,
+        details=row.details,
+    )
+
+
+def _chain_batch(*, asynchronous_commit: bool = False) -> int:
+    """Move up to CHAIN_BATCH_SIZE committed pending events into the chain, lowest id first,
+    and delete them. The caller must hold the chain lock, in a transaction. Returns how many.
+
+    With `asynchronous_commit` (the chainer's own transaction), that transaction commits with
+    synchronous_commit off: if the commit is lost in a crash, the deletion of the pending rows
+    is lost with it and they are chained again, so the chain never holds what the pending
+    table lost. Writers' commits, and checkpoints', stay synchronous.
+    """
+    limit = CHAIN_BATCH_SIZE
+    head = AuditEvent.objects.order_by("-sequence")
+    pending = PendingAuditEvent.objects.select_related("actor").annotate(
+        # The chain's head comes with the rows (one round trip; evaluated once).
+        head_sequence=Subquery(head.values("sequence")[:1]),
+        head_hash=Subquery(head.values("hash")[:1]),
+    )
+    if asynchronous_commit and connection.vendor == "postgresql":
+        # SET LOCAL without a round trip of its own (a no-op when there are no rows, and
+        # then there is nothing to commit either).
+        pending = pending.annotate(
+            async_commit=RawSQL("set_config('synchronous_commit', 'off', true)", ())
+        )
+    rows = list(pending.order_by("id")[:limit])
+    if not rows:
+        return 0
+    sequence: int = rows[0].head_sequence or 0
+    prev_hash: str = rows[0].head_hash or chain.GENESIS_HASH
+    events: list[AuditEvent] = []
+    for row in rows:
+        sequence += 1
+        event = _build(_spec_of(row), sequence=sequence, prev_hash=prev_hash, now=row.occurred_at)
+        prev_hash = event.hash
+        events.append(event)
+    AuditEvent.objects.all()._chain_bulk_create(events, batch_size=limit)
+    deleted = PendingAuditEvent.objects.filter(id__in=[row.id for row in rows])._chained_delete()
+    if deleted != len(rows):  # someone else moved some of them: chaining twice is worse
+        raise RuntimeError(f"chained {len(rows)} pending audit events but deleted {deleted}")
+    return len(rows)
+
+
+def audit_chain_pending(*, max_batches: int | None = None) -> int:
+    """Link committed pending events into the chain, lowest id first, in batches of
+    CHAIN_BATCH_SIZE (each its own transaction, under the chain lock); returns how many.
+
+    Call it outside a transaction. It returns at once when another session holds the chain
+    lock: that session looks again after releasing it, so a row committed meanwhile is not
+    left behind (see docs/audit.md). With `max_batches`, it stops after that many batches.
+    Database errors propagate; what was not chained stays pending.
+    """
+    total = 0
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        if not _try_lock_chain():
+            return total
+        try:
+            while max_batches is None or batches < max_batches:
+                with transaction.atomic():
+                    moved = _chain_batch(asynchronous_commit=True)
+                total += moved
+                batches += 1
+                if moved < CHAIN_BATCH_SIZE:
+                    break
+        finally:
+            _unlock_chain()
+        # The lock is released: anything committed while it was held is visible now, and
+        # its writer, refused the lock, counts on this look.
+        if not PendingAuditEvent.objects.exists():
+            break
+    return total
 
 
 def audit_record_batch(specs: Iterable[EventSpec], *, batch_size: int = 2000) -> int:
@@ -239,6 +442,8 @@ def audit_record_batch(specs: Iterable[EventSpec], *, batch_size: int = 2000) ->
         if pending:
             AuditEvent.objects.all()._chain_bulk_create(pending, batch_size=batch_size)
             count += len(pending)
+        if _deferred():
+            _chain_after_commit()  # events recorded while this held the lock
     return count
 
 
@@ -249,13 +454,19 @@ def checkpoint_create() -> AuditCheckpoint:
     """Sign the chain's current head and store the checkpoint; then copy it to S3 if set up.
 
     Written even when nothing happened since the last one: a run of checkpoints with the
-    same head proves the trail was quiet, not cut. Raises ImproperlyConfigured without a
-    signing key. The S3 copy is best effort here; anchors that fail are retried next time.
+    same head proves the trail was quiet, not cut. Pending events committed before it are
+    chained first, under the same lock, so the checkpoint covers them; it signs only the
+    chain, never a pending row. Raises ImproperlyConfigured without a signing key. The S3
+    copy is best effort here; anchors that fail are retried next time.
     """
     key = chain.signing_key()
     kid = chain.key_id(key)
     with transaction.atomic():
         _lock_chain()
+        while _chain_batch() == CHAIN_BATCH_SIZE:
+            pass
+        if _deferred():
+            _chain_after_commit()  # events recorded while this held the lock
         sequence, head_hash = _head()
         signed_at = timezone.now()
         checkpoint = AuditCheckpoint(

@@ -22,7 +22,7 @@ from django.db.models import Min, Q
 from django.utils import timezone
 
 from audit import chain
-from audit.models import AuditCheckpoint, AuditEvent
+from audit.models import AuditCheckpoint, AuditEvent, PendingAuditEvent
 
 PAGE_SIZE = 5000
 # A trace of use (a sign-in time, a conversation's creation) is written a moment before its
@@ -38,7 +38,7 @@ class Problem:
     sequence: int
     kind: str  # hash_mismatch | broken_link | gap | checkpoint_mismatch | checkpoint_signature
     # | truncated | anchor_mismatch | anchor_unavailable | checkpoint_stale
-    # | checkpoint_missing | empty_trail
+    # | checkpoint_missing | empty_trail | unchained
     message: str
 
 
@@ -222,10 +222,36 @@ def _check_completeness(report: VerifyReport, *, now: datetime) -> Problem | Non
     A fresh install has no events, no checkpoints and no traces of use, and passes.
     """
     grace = _grace()
+    # Events recorded on the deferred write path wait in PendingAuditEvent for a moment
+    # before the chainer links them: they count as recorded, but not for long.
+    oldest_pending = (
+        PendingAuditEvent.objects.order_by("occurred_at", "id")
+        .values_list("id", "occurred_at")
+        .first()
+    )
+    if oldest_pending is not None and oldest_pending[1] < now - grace:
+        return Problem(
+            report.last_sequence + 1,
+            "unchained",
+            f"an event recorded at {chain.timestamp(oldest_pending[1])} (pending row "
+            f"{oldest_pending[0]}) is still not linked into the chain, more than two checkpoint "
+            f"intervals ({int(grace.total_seconds())} s) later: the chainer and its scheduled "
+            "sweep (audit.tasks.audit_chain_pending) are not running.",
+        )
     trace = _earliest_trace_of_use()
     if trace is not None:
-        first_event = (
-            AuditEvent.objects.order_by("sequence").values_list("occurred_at", flat=True).first()
+        first_event = min(
+            (
+                when
+                for when in (
+                    AuditEvent.objects.order_by("sequence")
+                    .values_list("occurred_at", flat=True)
+                    .first(),
+                    oldest_pending[1] if oldest_pending is not None else None,
+                )
+                if when is not None
+            ),
+            default=None,
         )
         if first_event is None:
             return Problem(

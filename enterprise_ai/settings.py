@@ -619,6 +619,17 @@ AUDIT_TRUST_REQUEST_ID_HEADER = env.bool("AUDIT_TRUST_REQUEST_ID_HEADER", False)
 AUDIT_DENIALS_PER_MINUTE = env.int("AUDIT_DENIALS_PER_MINUTE", 60, min_value=0)
 # Rows the audit list counts before it says "more than N" instead of counting them all.
 AUDIT_LIST_COUNT_LIMIT = env.int("AUDIT_LIST_COUNT_LIMIT", 10_000, min_value=100)
+# How audit_record writes (docs/audit.md, "Write path"): "deferred" records the event in
+# the change's transaction without the chain lock and links it into the chain right after
+# the commit (concurrent writers commit side by side); "direct" chains it in the change's
+# transaction under the lock (writers serialise on commit); "auto": deferred on PostgreSQL,
+# direct elsewhere (SQLite has a single writer anyway).
+AUDIT_WRITE_PATH = env.str("AUDIT_WRITE_PATH", "auto").lower()
+if AUDIT_WRITE_PATH not in {"auto", "direct", "deferred"}:
+    raise ImproperlyConfigured("AUDIT_WRITE_PATH must be auto, direct or deferred.")
+# How often the scheduler chains deferred events that nobody chained after their commit
+# (a writer killed between its commit and the chainer); normally there are none.
+AUDIT_CHAIN_SWEEP_SECONDS = env.int("AUDIT_CHAIN_SWEEP_SECONDS", 10, min_value=1)
 
 # --- Costs and budgets (docs/costs.md) -------------------------------------------------------
 
@@ -640,6 +651,10 @@ CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {
         "task": "audit.tasks.audit_checkpoint",
         "schedule": float(AUDIT_CHECKPOINT_INTERVAL_SECONDS),
+    },
+    "audit-chain-pending": {
+        "task": "audit.tasks.audit_chain_pending",
+        "schedule": float(AUDIT_CHAIN_SWEEP_SECONDS),
     },
     "costs-release-expired-reservations": {
         "task": "costs.tasks.release_expired_reservations",

@@ -66,9 +66,9 @@ def unguarded_events() -> Iterator[None]:
 
 def _one_row_of(table: str) -> int:
     """Create a row in `table` (through the services) and return its primary key."""
-    event = audit_record(action=AuditAction.LOGIN, actor=None)
+    audit_record(action=AuditAction.LOGIN, actor=None)  # chained right after its commit
     if table == "audit_auditevent":
-        return event.sequence
+        return AuditEvent.objects.latest("sequence").sequence
     checkpoint = checkpoint_create()
     if table == "audit_auditcheckpoint":
         return checkpoint.pk
@@ -123,7 +123,8 @@ def test_every_audit_table_has_its_trigger_enabled() -> None:
 
 
 def test_the_models_refuse_before_any_sql_is_sent() -> None:
-    event = audit_record(action=AuditAction.LOGIN, actor=None, details={"n": 1})
+    audit_record(action=AuditAction.LOGIN, actor=None, details={"n": 1})
+    event = AuditEvent.objects.get()  # chained right after its commit
     checkpoint = checkpoint_create()
     event.action = AuditAction.LOGOUT
     checkpoint.sequence = 99
@@ -172,7 +173,7 @@ def test_concurrent_writers_never_fork_the_chain() -> None:
                     details={"writer": index, "n": n},
                 )
                 with lock:
-                    recorded.append(event.sequence)
+                    recorded.append(event.pending_id)  # type: ignore[attr-defined]
             if index % 10 == 0:  # checkpoints signed while the others write
                 checkpoint_create()
         except BaseException as exc:
@@ -190,7 +191,7 @@ def test_concurrent_writers_never_fork_the_chain() -> None:
     assert errors == []
 
     total = WRITERS * EVENTS_PER_WRITER
-    assert sorted(recorded) == list(range(1, total + 1))  # no duplicates, no gaps
+    assert len(set(recorded)) == total  # each recorded once, in its own transaction
     stored = list(AuditEvent.objects.order_by("sequence").values_list("sequence", flat=True))
     assert stored == list(range(1, total + 1))
     writers_seen = {
