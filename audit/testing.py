@@ -108,7 +108,12 @@ Forgery = Literal["held", "unkeyed", "plain"]
 
 
 def forge_from(
-    sequence: int, details: dict[str, Any], *, key: Forgery = "held", resign: bool = False
+    sequence: int,
+    details: dict[str, Any],
+    *,
+    key: Forgery = "held",
+    resign: bool = False,
+    through: int | None = None,
 ) -> None:
     """Rewrite event `sequence`'s details and recompute every later hash, the way someone
     who can write the database could:
@@ -119,10 +124,15 @@ def forge_from(
     - `key="plain"`: without the key, keeping each event's key id but hashing with plain
       SHA-256 (what the unkeyed chain did).
 
-    With `resign`, also re-sign the checkpoints from there on with the current HMAC key."""
+    `through` stops the rewrite at that sequence (later events keep their stored link and
+    hash). With `resign`, also re-sign the checkpoints from there on with the current HMAC
+    key."""
     cast = "::jsonb" if connection.vendor == "postgresql" else ""
     prev_hash = AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else None
-    for event in AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence"):
+    events = AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence")
+    if through is not None:
+        events = events.filter(sequence__lte=through)
+    for event in events:
         fields = {name: getattr(event, name) for name in chain.HASHED_FIELDS}
         if event.sequence == sequence:
             fields["details"] = details
