@@ -28,8 +28,10 @@ class Command(BaseCommand):
         if settings.TASK_DISPATCH == "thread":
             scheduler.start()
             self.stdout.write(
-                "Periodic tasks (audit checkpoints) run in this process every "
-                f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s."
+                "Periodic tasks run in this process: audit checkpoints every "
+                f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s, audit verification "
+                f"(incremental) every {settings.AUDIT_VERIFY_INTERVAL_SECONDS}s and in full "
+                f"every {settings.AUDIT_VERIFY_FULL_INTERVAL_SECONDS}s."
             )
         # daphne refuses client frames and messages over the chat's limit from their headers,
         # before buffering them, and writes its access log through logging (masked, JSON in
