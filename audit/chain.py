@@ -133,9 +133,49 @@ def chain_keys() -> dict[str, bytes]:
 
 
 _encode_str = json.encoder.encode_basestring  # what json.dumps(ensure_ascii=False) uses
-_encode_details = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False
-).encode
+
+
+def _details_encoder() -> Any:
+    """json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False), minus
+    the per-call set-up: the C encoder json.dumps builds on every call, built once (without
+    the circular-reference check, which JSON read back from a database never needs)."""
+    reference = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    make = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return reference.encode
+    try:
+        encoder = make(None, reference.default, _encode_str, None, ":", ",", True, False, True)
+    except TypeError:  # another Python's signature: the reference path is still correct
+        return reference.encode
+
+    def encode(value: Any) -> str:
+        return "".join(encoder(value, 0))
+
+    sample = {"b": [1, 2.5, None, True, "é\n\""], "a": {"z": {}, "y": []}}
+    return encode if encode(sample) == reference.encode(sample) else reference.encode
+
+
+def _details_decoder() -> Any:
+    """json.loads for the JSON text a database returns, straight to the C scanner."""
+    make = getattr(json.scanner, "c_make_scanner", None)
+    if make is None:
+        return json.loads
+    scan = make(json.JSONDecoder())
+
+    def decode(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:  # leading white space, or not JSON: json.loads says which
+            return json.loads(text)
+        if end != len(text):  # not a single value with nothing around it: the slow path
+            return json.loads(text)
+        return value
+
+    return decode
+
+
+_encode_details = _details_encoder()
+decode_details = _details_decoder()
 
 
 def fast_timestamp(value: datetime) -> str:

@@ -40,6 +40,7 @@ class Command(BaseCommand):
             help="Walk only the events after the last successful verification (its signed "
             "marker); a full run when there is none.",
         )
+        parser.set_defaults(incremental=False)
 
     def handle(
         self, *args: Any, anchors: bool = False, incremental: bool = False, **options: Any
