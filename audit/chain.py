@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import json.scanner
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -151,7 +152,7 @@ def _details_encoder() -> Any:
     def encode(value: Any) -> str:
         return "".join(encoder(value, 0))
 
-    sample = {"b": [1, 2.5, None, True, "é\n\""], "a": {"z": {}, "y": []}}
+    sample = {"b": [1, 2.5, None, True, 'é\n"'], "a": {"z": {}, "y": []}}
     return encode if encode(sample) == reference.encode(sample) else reference.encode
 
 
@@ -284,9 +285,7 @@ def signing_key() -> bytes:
     return key.encode("utf-8")
 
 
-def verification_marker_signature(
-    key: bytes, *, sequence: int, head_hash: str, kid: str
-) -> str:
+def verification_marker_signature(key: bytes, *, sequence: int, head_hash: str, kid: str) -> str:
     """Signs "a verification walked the chain up to `sequence`, whose hash is `head_hash`":
     where the next incremental verification may start (audit.verify)."""
     message = f"audit-verified:v1|{sequence}|{head_hash}|{kid}".encode()

@@ -49,8 +49,8 @@ def insert_unkeyed(after: int, **changes: Any) -> int:
 
 def _rechain_unkeyed(sequence: int, inserted: dict[str, Any]) -> None:
     cast = "::jsonb" if connection.vendor == "postgresql" else ""
-    prev_hash = AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else (
-        chain.GENESIS_HASH
+    prev_hash = (
+        AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else (chain.GENESIS_HASH)
     )
     inserted = {**inserted, "prev_hash": prev_hash}
     new_hash = hashlib.sha256(chain.canonical(inserted)).hexdigest()
@@ -85,8 +85,8 @@ def delete_and_relink(sequence: int) -> None:
             "UPDATE audit_auditevent SET sequence = sequence - 1 WHERE sequence = %s",
             [event.sequence],
         )
-    prev_hash = AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else (
-        chain.GENESIS_HASH
+    prev_hash = (
+        AuditEvent.objects.get(sequence=sequence - 1).hash if sequence > 1 else (chain.GENESIS_HASH)
     )
     for event in AuditEvent.objects.filter(sequence__gte=sequence).order_by("sequence"):
         fields = {name: getattr(event, name) for name in chain.HASHED_FIELDS}
@@ -158,11 +158,11 @@ def forge_from(
         prev_hash = new_hash
     if not resign:
         return
-    key = chain.signing_key()
+    signing_key = chain.signing_key()
     for checkpoint in AuditCheckpoint.objects.filter(sequence__gte=sequence):
         head_hash = AuditEvent.objects.get(sequence=checkpoint.sequence).hash
         signature = chain.checkpoint_signature(
-            key,
+            signing_key,
             sequence=checkpoint.sequence,
             head_hash=head_hash,
             signed_at=checkpoint.signed_at,

@@ -48,7 +48,6 @@ MARKER_CANDIDATES = 20
 TRACE_TOLERANCE = timedelta(seconds=60)
 
 
-
 @dataclass(frozen=True)
 class Problem:
     sequence: int
@@ -377,9 +376,7 @@ def _marker_start() -> _Start | None:
     names still has the hash it signed.
     """
     candidates = (
-        AuditEvent.objects.filter(
-            action=AuditAction.CHAIN_VERIFIED, outcome=AuditOutcome.SUCCESS
-        )
+        AuditEvent.objects.filter(action=AuditAction.CHAIN_VERIFIED, outcome=AuditOutcome.SUCCESS)
         .order_by("-occurred_at", "-sequence")
         .values_list("details", flat=True)[:MARKER_CANDIDATES]
     )
@@ -478,6 +475,7 @@ def _walk(report: VerifyReport, *, anchors: bool, start: _Start) -> Problem | No
         last_good_witness = witness.sequence
         return None
 
+    problem: Problem | None = None
     # Witnesses of the starting point (a checkpoint of the empty chain vouches for the
     # genesis hash; an incremental run starts at a verified head). Anchors of events before
     # an incremental start were compared when those events were walked.
@@ -493,7 +491,6 @@ def _walk(report: VerifyReport, *, anchors: bool, start: _Start) -> Problem | No
     loads = chain.decode_details
     # PostgreSQL returns occurred_at formatted (_PG_TIMESTAMP); SQLite a naive datetime.
     stamp = str if connection.vendor == "postgresql" else _stored_timestamp
-    problem: Problem | None = None
     for page in _events(start.sequence):
         for row in page:
             sequence = row[0]

@@ -91,7 +91,7 @@ def test_the_fast_canonical_form_is_byte_identical_to_the_reference(kid) -> None
                 "prev_hash": "f" * 64,
                 "key_id": kid,
             }
-            row = tuple(fields[name] for name in chain.HASHED_FIELDS[:-1]) + ("h", kid)
+            row = (*[fields[name] for name in chain.HASHED_FIELDS[:-1]], "h", kid)
             fast = chain.RowHasher.canonical_row(row, chain.fast_timestamp(occurred), details)
             assert fast == chain.canonical(fields)
     offset = datetime(2026, 1, 2, 5, 4, 5, 1, tzinfo=UTC).astimezone(

@@ -151,7 +151,9 @@ def test_an_overdue_verification_is_on_the_console(compliance_officer, owner) ->
 
 def test_a_trail_never_verified_is_on_the_console(compliance_officer, owner) -> None:
     seed_events(3, owner)
-    raw_sql("UPDATE audit_auditevent SET occurred_at = %s", [timezone.now() - dt.timedelta(hours=1)])
+    raw_sql(
+        "UPDATE audit_auditevent SET occurred_at = %s", [timezone.now() - dt.timedelta(hours=1)]
+    )
     page = console(compliance_officer)
     assert BANNER in page and "never been verified" in page
 
@@ -162,7 +164,9 @@ def test_people_without_the_console_see_no_banner_and_cost_no_query(
     from audit.context_processors import audit_verification
 
     seed_events(3, owner)
-    raw_sql("UPDATE audit_auditevent SET occurred_at = %s", [timezone.now() - dt.timedelta(hours=1)])
+    raw_sql(
+        "UPDATE audit_auditevent SET occurred_at = %s", [timezone.now() - dt.timedelta(hours=1)]
+    )
 
     class Request:
         user = owner
