@@ -369,19 +369,17 @@ class _Start:
     keyed: bool = False  # whether the event at `sequence` is keyed (no downgrade after it)
 
 
-def _marker_start() -> _Start | None:
-    """The newest verified point an incremental run may start from, or None.
-
-    A marker counts only when its signature is valid with a configured key and the event it
-    names still has the hash it signed.
-    """
+def _signed_markers() -> list[tuple[int, str, int]]:
+    """(head sequence, head hash, event sequence) of the recent verification markers whose
+    signature is valid with a configured key, newest verification first."""
     candidates = (
         AuditEvent.objects.filter(action=AuditAction.CHAIN_VERIFIED, outcome=AuditOutcome.SUCCESS)
         .order_by("-occurred_at", "-sequence")
-        .values_list("details", flat=True)[:MARKER_CANDIDATES]
+        .values_list("details", "sequence")[:MARKER_CANDIDATES]
     )
     keys = chain.verification_keys()
-    for details in candidates:
+    markers = []
+    for details, event_sequence in candidates:
         try:
             sequence = int(details["head_sequence"])
             head_hash = str(details["head_hash"])
@@ -390,13 +388,20 @@ def _marker_start() -> _Start | None:
         except (KeyError, TypeError, ValueError):
             continue
         key = keys.get(kid)
-        if key is None or not hmac.compare_digest(
+        if key is not None and hmac.compare_digest(
             chain.verification_marker_signature(
                 key, sequence=sequence, head_hash=head_hash, kid=kid
             ),
             signature,
         ):
-            continue
+            markers.append((sequence, head_hash, event_sequence))
+    return markers
+
+
+def _marker_start(markers: list[tuple[int, str, int]]) -> _Start | None:
+    """The newest verified point an incremental run may start from, or None: a marker whose
+    signature is valid (see _signed_markers) and whose event still has the signed hash."""
+    for sequence, head_hash, _ in markers:
         if sequence == 0:
             if head_hash == chain.GENESIS_HASH:
                 return _Start()
@@ -406,6 +411,21 @@ def _marker_start() -> _Start | None:
             continue
         return _Start(sequence=sequence, head_hash=head_hash, keyed=bool(event[1]))
     return None
+
+
+def _marker_witnesses(markers: list[tuple[int, str, int]], after: int) -> Iterator[_Witness]:
+    """Signed markers as witnesses of the walk, like checkpoints: a chain rewritten since a
+    verification vouched for it (with or without the key, e.g. stripped of its keys)
+    disagrees with the marker's signed hash."""
+    for sequence, head_hash, event_sequence in sorted(markers):
+        if sequence > after:
+            yield _Witness(
+                sequence=sequence,
+                order=event_sequence,
+                label=f"the verification recorded in event #{event_sequence}",
+                head_hash=head_hash,
+                source="marker",
+            )
 
 
 def verify_chain(
@@ -421,22 +441,30 @@ def verify_chain(
     """
     started = time.perf_counter()
     report = VerifyReport()
-    start = _marker_start() if incremental else None
+    markers = _signed_markers()
+    start = _marker_start(markers) if incremental else None
     if start is not None:
         report.mode = "incremental"
         report.from_sequence = report.last_sequence = start.sequence
         report.last_hash = start.head_hash
-    report.problem = _walk(report, anchors=anchors, start=start or _Start())
+    report.problem = _walk(report, anchors=anchors, start=start or _Start(), markers=markers)
     if report.problem is None:
         report.problem = _check_completeness(report, now=now or report.started_at)
     report.duration_seconds = time.perf_counter() - started
     return report
 
 
-def _walk(report: VerifyReport, *, anchors: bool, start: _Start) -> Problem | None:
+def _walk(
+    report: VerifyReport,
+    *,
+    anchors: bool,
+    start: _Start,
+    markers: list[tuple[int, str, int]],
+) -> Problem | None:
     max_checkpoint = AuditCheckpoint.objects.order_by("-id").values_list("id", flat=True).first()
     streams: list[Iterator[_Witness]] = [
-        _checkpoints(max_checkpoint or 0, min_sequence=start.sequence)
+        _checkpoints(max_checkpoint or 0, min_sequence=start.sequence),
+        _marker_witnesses(markers, start.sequence),
     ]
     if anchors:
         streams.append(_anchors())
@@ -451,9 +479,10 @@ def _walk(report: VerifyReport, *, anchors: bool, start: _Start) -> Problem | No
         nonlocal last_good_witness
         if witness.source == "anchor":
             report.anchors_checked += 1
-        else:
+        elif witness.source == "checkpoint":
             report.checkpoints_checked += 1
-        problem = _check_signature(witness)
+        # A marker's signature was checked when it was read (_signed_markers).
+        problem = _check_signature(witness) if witness.source != "marker" else None
         if problem is not None:
             return problem
         if actual_hash is None:
@@ -464,7 +493,9 @@ def _walk(report: VerifyReport, *, anchors: bool, start: _Start) -> Problem | No
                 f"ends at #{report.last_sequence}: events after it were deleted.",
             )
         if witness.head_hash != actual_hash:
-            kind = "anchor_mismatch" if witness.source == "anchor" else "checkpoint_mismatch"
+            kind = {"anchor": "anchor_mismatch", "marker": "marker_mismatch"}.get(
+                witness.source, "checkpoint_mismatch"
+            )
             return Problem(
                 witness.sequence,
                 kind,

@@ -319,3 +319,16 @@ def test_a_run_is_recorded_with_its_duration_and_signed_head(owner, settings) ->
         key, sequence=3, head_hash=details["head_hash"], kid=chain.key_id(key)
     )
     assert timezone.now() - event.occurred_at < timedelta(minutes=1)
+
+
+def test_a_chain_rewritten_since_a_verification_disagrees_with_its_marker(owner) -> None:
+    seed_events(5, owner)
+    forge_from(1, fields_of(1)["details"], key="unkeyed")  # as written before the upgrade
+    seed_events(5, owner)
+    assert audit_chain_verify().ok  # its marker vouches for #10
+    # No checkpoint exists; every event from #2 rewritten as format 1 (the keys stripped),
+    # the verification's own event too, its signed marker copied as it was.
+    forge_from(2, {"n": "forged"}, key="unkeyed")
+    report = verify_chain()
+    assert kind_at(report) == ("marker_mismatch", 10)
+    assert "event #11" in report.problem.message  # type: ignore[union-attr]
