@@ -582,6 +582,8 @@ def _verify_process(queue: Any, incremental: bool) -> None:
                 "events_per_second": round(report.events_checked / seconds) if seconds else None,
                 "rss_before_mb": rss_before,
                 "peak_rss_mb": peak_rss_mb(),
+                # The machine is shared: how busy it was while this run walked.
+                "load_average_1m_after": round(os.getloadavg()[0], 2),
                 "ru_maxrss_mb_inherited_from_parent": ru_maxrss_mb(),
             }
         )
@@ -845,8 +847,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "## Verification: `audit_chain_verify()` (fresh process each)",
         "",
         "| Run | Head | Events walked | Checkpoints | Seconds | Events/s | RSS after setup MB "
-        "| Peak RSS MB | Result |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| Peak RSS MB | Load (1 min) after | Result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in [*results["verify"], *results.get("verify_incremental", [])]:
         run = r.get("mode", "full")
@@ -855,7 +857,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {run} | #{r.get('head_sequence', r['events']):,} | {r['events']:,} "
             f"| {r['checkpoints']} | {r['seconds']} | {r['events_per_second'] or 0:,} "
-            f"| {r['rss_before_mb']} | {r['peak_rss_mb']} | {'OK' if r['ok'] else 'FAILED'} |"
+            f"| {r['rss_before_mb']} | {r['peak_rss_mb']} "
+            f"| {r.get('load_average_1m_after', '?')} | {'OK' if r['ok'] else 'FAILED'} |"
         )
     lines += [
         "",
