@@ -188,8 +188,9 @@ def _events(after: int) -> Iterator[list[tuple[Any, ...]]]:
 
 
 def _stored_timestamp(value: Any) -> str:
-    """An occurred_at as the database driver returns it (PostgreSQL: an aware datetime;
-    SQLite: text in UTC) in the hashed form."""
+    """An occurred_at as a database other than PostgreSQL returns it (SQLite: a naive
+    datetime, or text, in UTC; an aware datetime elsewhere) in the hashed form. PostgreSQL
+    returns it already formatted (_PG_TIMESTAMP)."""
     parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
