@@ -85,6 +85,9 @@ class AuditEvent(AppendOnlyModel):
     details = models.JSONField(default=dict, blank=True)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    # Which chain key hashed the event (format 2, HMAC); empty for format 1 (plain SHA-256,
+    # events written before the keyed chain). Covered by the hash. See audit.chain.
+    key_id = models.CharField(max_length=16, blank=True, default="")
 
     class Meta:
         ordering = ["-sequence"]

@@ -137,6 +137,8 @@ def _build(spec: EventSpec, *, sequence: int, prev_hash: str, now: datetime) -> 
         "outcome": str(spec.outcome),
         "details": details,
         "prev_hash": prev_hash,
+        # Issue 15 (keyed chain): the chain key that hashes the event, covered by the hash.
+        "key_id": chain.current_chain_key()[0],
     }
     return AuditEvent(**fields, hash=chain.event_hash(fields))
 
@@ -534,14 +536,16 @@ def anchor_pending(*, limit: int = 100) -> int:
     return done
 
 
-def audit_chain_verify(*, anchors: bool = False) -> Any:
-    """Verify the whole chain (audit.verify) and record that it was verified, with the result.
+def audit_chain_verify(*, anchors: bool = False, incremental: bool = False) -> Any:
+    """Verify the chain (audit.verify) and record that it was verified, with the result.
 
-    Returns the VerifyReport. Raises audit.anchors.AnchorError when S3 cannot be read.
+    `incremental` walks only from the last verified point (issue 15); the recorded event's
+    details carry the signed marker the next incremental run starts from. Returns the
+    VerifyReport. Raises audit.anchors.AnchorError when S3 cannot be read.
     """
     from audit.verify import verify_chain
 
-    report = verify_chain(anchors=anchors)
+    report = verify_chain(anchors=anchors, incremental=incremental)
     audit_record(
         action=AuditAction.CHAIN_VERIFIED,
         target=(TargetType.AUDIT_TRAIL, "chain"),

@@ -1,44 +1,60 @@
 """Verification of the audit chain: every hash, sequence continuity, every checkpoint, and
 that the trail is complete up to now (a recent checkpoint, events where use left traces).
 
-The walk reads events in sequence order in fixed-size pages (keyset pagination), so memory
-stays constant however long the chain is. It stops at the first problem and names the
-sequence number where the record stops being trustworthy. Only a chain that walks cleanly is
-then checked for completeness: a chain consistent in itself can still have lost its newest
-events together with the checkpoints that vouched for them, or every row.
+The walk reads events in sequence order in fixed-size pages (keyset pagination, plain
+tuples from the database cursor), so memory stays constant however long the chain is. It
+stops at the first problem and names the sequence number where the record stops being
+trustworthy. Only a chain that walks cleanly is then checked for completeness: a chain
+consistent in itself can still have lost its newest events together with the checkpoints
+that vouched for them, or every row.
+
+A full run walks from event #1. An incremental run starts where the last successful
+verification stopped: each successful run stores a *verification marker* — the head it
+walked (sequence and hash), HMAC-signed with the audit key — in the details of its
+`audit.chain_verified` event. The next incremental run takes the newest marker whose
+signature is valid and whose event still carries the signed hash, and walks only the events
+after it (and the checkpoints from there on). A database administrator cannot forge a
+marker (no key) and cannot alter the marked event without the keyed walk noticing; what an
+incremental run does not re-read — the events before the marker — the daily full run does.
 """
 
 from __future__ import annotations
 
 import heapq
+import hmac
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.db.models import Min, Q
 from django.utils import timezone
 
 from audit import chain
+from audit.catalogue import AuditAction, AuditOutcome
 from audit.models import AuditCheckpoint, AuditEvent, PendingAuditEvent
 
-PAGE_SIZE = 5000
+PAGE_SIZE = 10_000
+# How many recent successful verifications an incremental run looks through for a marker.
+MARKER_CANDIDATES = 20
 # A trace of use (a sign-in time, a conversation's creation) is written a moment before its
 # own audit event, in the same request; older than the first event by more than this, it
 # proves the events of its time are gone.
 TRACE_TOLERANCE = timedelta(seconds=60)
 
-_EVENT_FIELDS = ("sequence", *[f for f in chain.HASHED_FIELDS if f != "sequence"], "hash")
-
 
 @dataclass(frozen=True)
 class Problem:
     sequence: int
-    kind: str  # hash_mismatch | broken_link | gap | checkpoint_mismatch | checkpoint_signature
-    # | truncated | anchor_mismatch | anchor_unavailable | checkpoint_stale
-    # | checkpoint_missing | empty_trail | unchained
+    kind: str  # hash_mismatch | broken_link | gap | unknown_key | downgrade
+    # | checkpoint_mismatch | checkpoint_signature | truncated | anchor_mismatch
+    # | anchor_unavailable | checkpoint_stale | checkpoint_missing | empty_trail
+    # | marker_mismatch | unchained
     message: str
 
 
@@ -51,6 +67,9 @@ class VerifyReport:
     last_sequence: int = 0
     last_hash: str = chain.GENESIS_HASH
     problem: Problem | None = None
+    mode: str = "full"  # or "incremental"
+    from_sequence: int = 0  # the walk started after this event (0: from the first)
+    duration_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -60,6 +79,9 @@ class VerifyReport:
         checked = f"{self.events_checked:,} events, {self.checkpoints_checked:,} checkpoints" + (
             f", {self.anchors_checked:,} S3 anchors" if self.anchors_checked else ""
         )
+        if self.mode == "incremental":
+            checked += f"; incremental from #{self.from_sequence}"
+        checked += f"; {self.duration_seconds:.1f} s"
         if self.problem is None:
             return f"OK: the chain verifies ({checked}; head #{self.last_sequence})."
         return (
@@ -74,8 +96,21 @@ class VerifyReport:
             "checkpoints_checked": self.checkpoints_checked,
             "anchors_checked": self.anchors_checked,
             "head_sequence": self.last_sequence,
+            "mode": self.mode,
+            "from_sequence": self.from_sequence,
+            "duration_seconds": round(self.duration_seconds, 3),
         }
-        if self.problem is not None:
+        if self.problem is None:
+            # Where the next incremental run may start, signed so that nobody without the
+            # key can move it forward (audit.verify, module docstring).
+            key = chain.signing_key()
+            kid = chain.key_id(key)
+            details["head_hash"] = self.last_hash
+            details["marker_key_id"] = kid
+            details["marker_signature"] = chain.verification_marker_signature(
+                key, sequence=self.last_sequence, head_hash=self.last_hash, kid=kid
+            )
+        else:
             details.update(
                 failed_sequence=self.problem.sequence,
                 failure=self.problem.kind,
@@ -98,22 +133,72 @@ class _Witness:
     source: str = field(compare=False, default="checkpoint")
 
 
-def _events() -> Iterator[tuple[Any, ...]]:
-    last = 0
-    while True:
-        page = list(
-            AuditEvent.objects.filter(sequence__gt=last)
-            .order_by("sequence")
-            .values_list(*_EVENT_FIELDS)[:PAGE_SIZE]
-        )
-        if not page:
-            return
-        yield from page
-        last = page[-1][0]
+# PostgreSQL formats occurred_at itself, in the hashed form: parsing a timestamp into a
+# datetime and formatting it again is the costliest step of the walk in Python.
+_PG_TIMESTAMP = """to_char("occurred_at" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 
 
-def _checkpoints(max_id: int) -> Iterator[_Witness]:
-    last = (-1, 0)
+def _events_sql(vendor: str) -> str:
+    table = AuditEvent._meta.db_table
+    columns = ", ".join(
+        _PG_TIMESTAMP if name == "occurred_at" and vendor == "postgresql" else f'"{name}"'
+        for name in chain.ROW_FIELDS  # the column names
+    )
+    return (
+        f'SELECT {columns} FROM "{table}" WHERE "sequence" > %s '  # noqa: S608
+        f'ORDER BY "sequence" LIMIT {int(PAGE_SIZE)}'
+    )
+
+
+def _events(after: int) -> Iterator[list[tuple[Any, ...]]]:
+    """Pages of stored events after sequence `after`, as tuples in chain.ROW_FIELDS order,
+    straight from the database cursor (no model or converter per row).
+
+    On PostgreSQL the next page is fetched in a second thread, on the same connection
+    (psycopg connections are thread-safe), while this one hashes the current page: the
+    database's work and the network overlap the hashing. At most two pages are in memory.
+    """
+    sql = _events_sql(connection.vendor)
+    if connection.vendor != "postgresql":
+        last = after
+        with connection.cursor() as cursor:
+            while True:
+                cursor.execute(sql, [last])
+                page = cursor.fetchall()
+                if not page:
+                    return
+                yield page
+                last = page[-1][0]
+    connection.ensure_connection()
+    raw = connection.connection
+
+    def fetch(last: int) -> list[tuple[Any, ...]]:
+        with raw.cursor() as cursor:
+            cursor.execute(sql, [last])
+            return cursor.fetchall()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-verify") as pool:
+        upcoming = pool.submit(fetch, after)
+        while True:
+            page = upcoming.result()
+            if not page:
+                return
+            upcoming = pool.submit(fetch, page[-1][0])
+            yield page
+
+
+def _stored_timestamp(value: Any) -> str:
+    """An occurred_at as a database other than PostgreSQL returns it (SQLite: a naive
+    datetime, or text, in UTC; an aware datetime elsewhere) in the hashed form. PostgreSQL
+    returns it already formatted (_PG_TIMESTAMP)."""
+    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return chain.fast_timestamp(parsed)
+
+
+def _checkpoints(max_id: int, *, min_sequence: int = 0) -> Iterator[_Witness]:
+    last = (min_sequence - 1, 0)
     while True:
         page = list(
             AuditCheckpoint.objects.filter(id__lte=max_id)
@@ -302,38 +387,129 @@ def _check_completeness(report: VerifyReport, *, now: datetime) -> Problem | Non
     return None
 
 
-def verify_chain(*, anchors: bool = False, now: datetime | None = None) -> VerifyReport:
-    """Walk the whole chain and every checkpoint (and S3 anchor) and report the first problem;
+@dataclass(frozen=True)
+class _Start:
+    """Where a walk begins: after event `sequence`, whose hash is `head_hash`."""
+
+    sequence: int = 0
+    head_hash: str = chain.GENESIS_HASH
+    keyed: bool = False  # whether the event at `sequence` is keyed (no downgrade after it)
+
+
+def _signed_markers() -> list[tuple[int, str, int]]:
+    """(head sequence, head hash, event sequence) of the recent verification markers whose
+    signature is valid with a configured key, newest verification first."""
+    candidates = (
+        AuditEvent.objects.filter(action=AuditAction.CHAIN_VERIFIED, outcome=AuditOutcome.SUCCESS)
+        .order_by("-occurred_at", "-sequence")
+        .values_list("details", "sequence")[:MARKER_CANDIDATES]
+    )
+    keys = chain.verification_keys()
+    markers = []
+    for details, event_sequence in candidates:
+        try:
+            sequence = int(details["head_sequence"])
+            head_hash = str(details["head_hash"])
+            kid = str(details["marker_key_id"])
+            signature = str(details["marker_signature"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        key = keys.get(kid)
+        if key is not None and hmac.compare_digest(
+            chain.verification_marker_signature(
+                key, sequence=sequence, head_hash=head_hash, kid=kid
+            ),
+            signature,
+        ):
+            markers.append((sequence, head_hash, event_sequence))
+    return markers
+
+
+def _marker_start(markers: list[tuple[int, str, int]]) -> _Start | None:
+    """The newest verified point an incremental run may start from, or None: a marker whose
+    signature is valid (see _signed_markers) and whose event still has the signed hash."""
+    for sequence, head_hash, _ in markers:
+        if sequence == 0:
+            if head_hash == chain.GENESIS_HASH:
+                return _Start()
+            continue
+        event = AuditEvent.objects.filter(sequence=sequence).values_list("hash", "key_id").first()
+        if event is None or event[0] != head_hash:
+            continue
+        return _Start(sequence=sequence, head_hash=head_hash, keyed=bool(event[1]))
+    return None
+
+
+def _marker_witnesses(markers: list[tuple[int, str, int]], after: int) -> Iterator[_Witness]:
+    """Signed markers as witnesses of the walk, like checkpoints: a chain rewritten since a
+    verification vouched for it (with or without the key, e.g. stripped of its keys)
+    disagrees with the marker's signed hash."""
+    for sequence, head_hash, event_sequence in sorted(markers):
+        if sequence > after:
+            yield _Witness(
+                sequence=sequence,
+                order=event_sequence,
+                label=f"the verification recorded in event #{event_sequence}",
+                head_hash=head_hash,
+                source="marker",
+            )
+
+
+def verify_chain(
+    *, anchors: bool = False, now: datetime | None = None, incremental: bool = False
+) -> VerifyReport:
+    """Walk the chain and every checkpoint (and S3 anchor) and report the first problem;
     then, if the walk is clean, check the trail is complete up to `now` (default: the time
     the verification started): a recent checkpoint, and events where use left traces.
 
-    Raises audit.anchors.AnchorError when `anchors` is asked for and S3 cannot be read.
+    `incremental` walks only the events after the newest valid verification marker (see the
+    module docstring), or everything when there is none. Anchors are always compared in
+    full. Raises audit.anchors.AnchorError when `anchors` is asked for and S3 cannot be read.
     """
+    started = time.perf_counter()
     report = VerifyReport()
-    report.problem = _walk(report, anchors=anchors)
+    markers = _signed_markers()
+    start = _marker_start(markers) if incremental else None
+    if start is not None:
+        report.mode = "incremental"
+        report.from_sequence = report.last_sequence = start.sequence
+        report.last_hash = start.head_hash
+    report.problem = _walk(report, anchors=anchors, start=start or _Start(), markers=markers)
     if report.problem is None:
         report.problem = _check_completeness(report, now=now or report.started_at)
+    report.duration_seconds = time.perf_counter() - started
     return report
 
 
-def _walk(report: VerifyReport, *, anchors: bool) -> Problem | None:
+def _walk(
+    report: VerifyReport,
+    *,
+    anchors: bool,
+    start: _Start,
+    markers: list[tuple[int, str, int]],
+) -> Problem | None:
     max_checkpoint = AuditCheckpoint.objects.order_by("-id").values_list("id", flat=True).first()
-    streams: list[Iterator[_Witness]] = [_checkpoints(max_checkpoint or 0)]
+    streams: list[Iterator[_Witness]] = [
+        _checkpoints(max_checkpoint or 0, min_sequence=start.sequence),
+        _marker_witnesses(markers, start.sequence),
+    ]
     if anchors:
         streams.append(_anchors())
     witnesses = heapq.merge(*streams)
     pending = next(witnesses, None)
-    last_good_witness = 0
-    expected = 1
-    prev_hash = chain.GENESIS_HASH
+    last_good_witness = start.sequence
+    expected = start.sequence + 1
+    prev_hash = start.head_hash
+    keyed_seen = start.keyed
 
     def settle(witness: _Witness, actual_hash: str | None) -> Problem | None:
         nonlocal last_good_witness
         if witness.source == "anchor":
             report.anchors_checked += 1
-        else:
+        elif witness.source == "checkpoint":
             report.checkpoints_checked += 1
-        problem = _check_signature(witness)
+        # A marker's signature was checked when it was read (_signed_markers).
+        problem = _check_signature(witness) if witness.source != "marker" else None
         if problem is not None:
             return problem
         if actual_hash is None:
@@ -344,7 +520,9 @@ def _walk(report: VerifyReport, *, anchors: bool) -> Problem | None:
                 f"ends at #{report.last_sequence}: events after it were deleted.",
             )
         if witness.head_hash != actual_hash:
-            kind = "anchor_mismatch" if witness.source == "anchor" else "checkpoint_mismatch"
+            kind = {"anchor": "anchor_mismatch", "marker": "marker_mismatch"}.get(
+                witness.source, "checkpoint_mismatch"
+            )
             return Problem(
                 witness.sequence,
                 kind,
@@ -355,45 +533,87 @@ def _walk(report: VerifyReport, *, anchors: bool) -> Problem | None:
         last_good_witness = witness.sequence
         return None
 
-    # A checkpoint of the empty chain vouches for the genesis hash.
-    while pending is not None and pending.sequence == 0:
-        problem = settle(pending, chain.GENESIS_HASH)
-        if problem:
-            return problem
-        pending = next(witnesses, None)
-
-    for row in _events():
-        fields = dict(zip(_EVENT_FIELDS, row, strict=True))
-        sequence = fields["sequence"]
-        if sequence != expected:
-            return Problem(
-                expected,
-                "gap",
-                f"events #{expected} to #{sequence - 1} are missing (deleted).",
-            )
-        if fields["prev_hash"] != prev_hash:
-            return Problem(
-                sequence,
-                "broken_link",
-                f"event #{sequence} does not link to the hash of event #{sequence - 1}.",
-            )
-        if chain.event_hash(fields) != fields["hash"]:
-            return Problem(
-                sequence,
-                "hash_mismatch",
-                f"event #{sequence} was altered after it was written (its content no longer "
-                "matches its hash).",
-            )
-        prev_hash = fields["hash"]
-        report.events_checked += 1
-        report.last_sequence = sequence
-        report.last_hash = prev_hash
-        while pending is not None and pending.sequence <= sequence:
-            problem = settle(pending, prev_hash)
+    problem: Problem | None = None
+    # Witnesses of the starting point (a checkpoint of the empty chain vouches for the
+    # genesis hash; an incremental run starts at a verified head). Anchors of events before
+    # an incremental start were compared when those events were walked.
+    while pending is not None and pending.sequence <= start.sequence:
+        if pending.sequence == start.sequence:
+            problem = settle(pending, start.head_hash)
             if problem:
                 return problem
-            pending = next(witnesses, None)
-        expected += 1
+        pending = next(witnesses, None)
+
+    hasher = chain.RowHasher()
+    hash_row = hasher.hash_row
+    loads = chain.decode_details
+    # PostgreSQL returns occurred_at formatted (_PG_TIMESTAMP); SQLite a naive datetime.
+    stamp = str if connection.vendor == "postgresql" else _stored_timestamp
+    for page in _events(start.sequence):
+        for row in page:
+            sequence = row[0]
+            if sequence != expected:
+                problem = Problem(
+                    expected, "gap", f"events #{expected} to #{sequence - 1} are missing (deleted)."
+                )
+                break
+            if row[13] != prev_hash:
+                problem = Problem(
+                    sequence,
+                    "broken_link",
+                    f"event #{sequence} does not link to the hash of event #{sequence - 1}.",
+                )
+                break
+            kid = row[15]
+            if kid:
+                if not hasher.knows(kid):
+                    problem = Problem(
+                        sequence,
+                        "unknown_key",
+                        f"event #{sequence} names chain key {kid}, which is not configured "
+                        "here: it was forged, or the key was retired without keeping it in "
+                        "AUDIT_HMAC_PREVIOUS_KEYS.",
+                    )
+                    break
+                keyed_seen = True
+            elif keyed_seen:
+                problem = Problem(
+                    sequence,
+                    "downgrade",
+                    f"event #{sequence} carries an unkeyed (format 1) hash after keyed events: "
+                    "it was inserted or rewritten by someone without the chain key.",
+                )
+                break
+            details = row[12]
+            if (
+                hash_row(
+                    row,
+                    stamp(row[1]),
+                    loads(details) if isinstance(details, str) else details,
+                )
+                != row[14]
+            ):
+                problem = Problem(
+                    sequence,
+                    "hash_mismatch",
+                    f"event #{sequence} was altered after it was written (its content no longer "
+                    "matches its hash).",
+                )
+                break
+            prev_hash = row[14]
+            expected += 1
+            if pending is not None and pending.sequence <= sequence:
+                report.events_checked += sequence - report.last_sequence
+                report.last_sequence, report.last_hash = sequence, prev_hash
+                while pending is not None and pending.sequence <= sequence:
+                    problem = settle(pending, prev_hash)
+                    if problem:
+                        return problem
+                    pending = next(witnesses, None)
+        report.events_checked += expected - 1 - report.last_sequence
+        report.last_sequence, report.last_hash = expected - 1, prev_hash
+        if problem is not None:
+            return problem
 
     if pending is not None:
         return settle(pending, None)

@@ -10,10 +10,14 @@ on every run:
    chunk. While seeding, `audit.services` reads its clock from a simulated one, so the events
    spread evenly over the past year (as a year of traffic would); the chain is hashed exactly
    as the product hashes it.
-2. **Verification** — `audit.verify.verify_chain()` over N/10 and then all N events, each run
-   in a fresh process: seconds, events per second and the process's own peak RSS (VmHWM; see
+2. **Verification** — a full run (`audit.services.audit_chain_verify()`, which walks from
+   event #1 and records its signed marker) over N/10 and then all N events, each run in a
+   fresh process: seconds, events per second and the process's own peak RSS (VmHWM; see
    `peak_rss_mb` for why not `resource.getrusage` alone), so that equal peaks at both sizes
-   show that memory stays flat however long the chain is.
+   show that memory stays flat however long the chain is. At the end, after the inserts
+   below, an incremental run (`audit_chain_verify(incremental=True)`) walks only the events
+   written since the last full run's marker. Before each run a checkpoint is signed with the
+   real clock, as the schedule would have (the seeded ones carry the simulated past).
 3. **Console list** — `/admin/audit/auditevent/` as a superuser (`django.test.Client`,
    `force_login`): unfiltered, filtered by action, searched by an e-mail address and drilled
    down to one month by the date hierarchy. Median (and min, max, first "cold" load) of
@@ -559,28 +563,34 @@ def seed(
     }
 
 
-def _verify_process(queue: Any) -> None:
+def _verify_process(queue: Any, incremental: bool) -> None:
     try:
         setup_django()
         from django.db import connection
 
-        from audit.verify import verify_chain
+        from audit.services import audit_chain_verify, checkpoint_create
 
+        checkpoint_create()  # as the schedule would have, with the real clock
         connection.ensure_connection()
         rss_before = peak_rss_mb()
         started = time.perf_counter()
-        report = verify_chain()
+        report = audit_chain_verify(incremental=incremental)
         seconds = time.perf_counter() - started
         queue.put(
             {
+                "mode": report.mode,
+                "from_sequence": report.from_sequence,
+                "head_sequence": report.last_sequence,
                 "events": report.events_checked,
                 "checkpoints": report.checkpoints_checked,
                 "ok": report.ok,
                 "summary": report.summary(),
                 "seconds": round(seconds, 2),
-                "events_per_second": round(report.events_checked / seconds),
+                "events_per_second": round(report.events_checked / seconds) if seconds else None,
                 "rss_before_mb": rss_before,
                 "peak_rss_mb": peak_rss_mb(),
+                # The machine is shared: how busy it was while this run walked.
+                "load_average_1m_after": round(os.getloadavg()[0], 2),
                 "ru_maxrss_mb_inherited_from_parent": ru_maxrss_mb(),
             }
         )
@@ -588,11 +598,15 @@ def _verify_process(queue: Any) -> None:
         queue.put({"error": traceback.format_exc()})
 
 
-def verify(events: int) -> dict[str, Any]:
-    log(f"verifying the chain at {events:,} events (fresh process)…")
-    (result,) = run_processes(_verify_process, [()])
+def verify(events: int, *, incremental: bool = False) -> dict[str, Any]:
+    mode = "incremental" if incremental else "full"
+    log(f"verifying the chain ({mode}) at {events:,} events (fresh process)…")
+    (result,) = run_processes(_verify_process, [(incremental,)])
+    if "error" in result:
+        raise RuntimeError(result["error"])
     log(
-        f"  {result['summary']} {result['seconds']} s, {result['events_per_second']:,} events/s, "
+        f"  {result['summary']} {result['seconds']} s, {result['events_per_second'] or 0:,} "
+        "events/s, "
         f"peak RSS {result['peak_rss_mb']} MB (after setup {result['rss_before_mb']} MB)"
     )
     return dict(result)
@@ -872,20 +886,26 @@ def render_markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "## Verification: `verify_chain()` (fresh process each)",
+        "## Verification: `audit_chain_verify()` (fresh process each)",
         "",
-        "| Events | Checkpoints | Seconds | Events/s | RSS after setup MB | Peak RSS MB | Result |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| Run | Head | Events walked | Checkpoints | Seconds | Events/s | RSS after setup MB "
+        "| Peak RSS MB | Load (1 min) after | Result |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for r in results["verify"]:
+    for r in [*results["verify"], *results.get("verify_incremental", [])]:
+        run = r.get("mode", "full")
+        if run == "incremental":
+            run += f" (from #{r['from_sequence']:,})"
         lines.append(
-            f"| {r['events']:,} | {r['checkpoints']} | {r['seconds']} | {r['events_per_second']:,} "
-            f"| {r['rss_before_mb']} | {r['peak_rss_mb']} | {'OK' if r['ok'] else 'FAILED'} |"
+            f"| {run} | #{r.get('head_sequence', r['events']):,} | {r['events']:,} "
+            f"| {r['checkpoints']} | {r['seconds']} | {r['events_per_second'] or 0:,} "
+            f"| {r['rss_before_mb']} | {r['peak_rss_mb']} "
+            f"| {r.get('load_average_1m_after', '?')} | {'OK' if r['ok'] else 'FAILED'} |"
         )
     lines += [
         "",
         "RSS is the verifying process's own high-water mark (VmHWM): after `django.setup()` and "
-        "at the end of the walk.",
+        "at the end of the walk. Seconds include recording the result (one audit event).",
         "",
         f"## Console list: `/admin/audit/auditevent/` at {results['seed']['events']:,} events",
         "",
@@ -998,6 +1018,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["inserts"] = [
             inserts(w, args.insert_events, path) for path in paths for w in writer_counts
         ]
+        # What the scheduled incremental run walks: the events since the last marker.
+        results["verify_incremental"] = [verify(args.events, incremental=True)]
         results["chain"] = chain_facts()
         results["total_seconds"] = round(time.monotonic() - _STARTED, 1)
         results["git_at_end"] = git_state()

@@ -154,6 +154,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "audit.context_processors.audit_verification",
             ],
         },
     },
@@ -589,6 +590,13 @@ if len(AUDIT_HMAC_KEY) < 32:
 # Retired keys, still accepted when verifying checkpoints they signed (comma-separated).
 AUDIT_HMAC_PREVIOUS_KEYS = env.list("AUDIT_HMAC_PREVIOUS_KEYS")
 AUDIT_CHECKPOINT_INTERVAL_SECONDS = env.int("AUDIT_CHECKPOINT_INTERVAL_SECONDS", 300, min_value=10)
+# Scheduled verification of the chain (docs/audit.md): incremental (from the last verified
+# point) this often, a full walk from event #1 this often. The console banner and the
+# alert rules call a verification late past two of its intervals.
+AUDIT_VERIFY_INTERVAL_SECONDS = env.int("AUDIT_VERIFY_INTERVAL_SECONDS", 900, min_value=60)
+AUDIT_VERIFY_FULL_INTERVAL_SECONDS = env.int(
+    "AUDIT_VERIFY_FULL_INTERVAL_SECONDS", 86_400, min_value=600
+)
 # Optional outside anchor: checkpoints copied to an S3 bucket with Object Lock enabled.
 AUDIT_ANCHOR_S3_BUCKET = env.str("AUDIT_ANCHOR_S3_BUCKET")
 AUDIT_ANCHOR_S3_PREFIX = env.str("AUDIT_ANCHOR_S3_PREFIX", "audit-checkpoints/")
@@ -655,6 +663,14 @@ CELERY_BEAT_SCHEDULE = {
     "audit-chain-pending": {
         "task": "audit.tasks.audit_chain_pending",
         "schedule": float(AUDIT_CHAIN_SWEEP_SECONDS),
+    },
+    "audit-verify-incremental": {
+        "task": "audit.tasks.audit_verify_incremental",
+        "schedule": float(AUDIT_VERIFY_INTERVAL_SECONDS),
+    },
+    "audit-verify-full": {
+        "task": "audit.tasks.audit_verify_full",
+        "schedule": float(AUDIT_VERIFY_FULL_INTERVAL_SECONDS),
     },
     "costs-release-expired-reservations": {
         "task": "costs.tasks.release_expired_reservations",

@@ -68,8 +68,8 @@ def circuit_states() -> Iterator[Metric]:
 
 
 def audit_state() -> Iterator[Metric]:
-    from audit.catalogue import AuditAction, AuditOutcome
     from audit.models import AuditCheckpoint, AuditEvent
+    from audit.selectors import verification_status
 
     now = time.time()
     age = _gauge(
@@ -87,26 +87,52 @@ def audit_state() -> Iterator[Metric]:
     age.add_metric([], max(0.0, now - signed_at.timestamp()) if signed_at else 0.0)
     yield age
 
-    last = (
-        AuditEvent.objects.filter(action=AuditAction.CHAIN_VERIFIED)
-        .order_by("-occurred_at", "-sequence")
-        .values_list("outcome", "occurred_at")
-        .first()
-    )
-    if last is not None:  # never verified: no sample (the alert rule uses absent())
+    # Read from the latest audit.chain_verified event, not from a gauge the verifying
+    # process set: right whichever web process, worker or scheduler ran it.
+    status = verification_status()
+    if status.verified_at is not None:  # never verified: no sample (the alert uses absent())
         ok = _gauge(
             "eai_audit_last_verification_success",
             "1 when the latest verification of the audit chain found it intact, 0 when it "
             "found a problem.",
         )
-        ok.add_metric([], 1 if last[0] == AuditOutcome.SUCCESS else 0)
+        ok.add_metric([], 1 if status.ok else 0)
         yield ok
         when = _gauge(
             "eai_audit_last_verification_timestamp_seconds",
-            "When the audit chain was last verified (Unix time).",
+            "When the audit chain was last verified (Unix time), incrementally or in full.",
         )
-        when.add_metric([], last[1].timestamp())
+        when.add_metric([], status.verified_at.timestamp())
         yield when
+        head = _gauge(
+            "eai_audit_last_verification_head_sequence",
+            "The last event sequence the latest verification vouched for (when it failed: "
+            "the last good one before the problem).",
+        )
+        head.add_metric([], status.head_sequence)
+        yield head
+        if status.duration_seconds is not None:
+            duration = _gauge(
+                "eai_audit_last_verification_duration_seconds",
+                "How long the latest verification of the audit chain took.",
+            )
+            duration.add_metric([], status.duration_seconds)
+            yield duration
+        if status.last_full_at is not None:
+            full = _gauge(
+                "eai_audit_last_full_verification_timestamp_seconds",
+                "When the audit chain was last verified in full, from event #1 (Unix time).",
+            )
+            full.add_metric([], status.last_full_at.timestamp())
+            yield full
+    overdue = _gauge(
+        "eai_audit_verification_overdue",
+        "1 when the latest verification is older than two intervals of its schedule "
+        "(AUDIT_VERIFY_INTERVAL_SECONDS, or AUDIT_VERIFY_FULL_INTERVAL_SECONDS for the full "
+        "run), or there never was one although events are that old; else 0.",
+    )
+    overdue.add_metric([], 1 if status.overdue else 0)
+    yield overdue
 
 
 def budget_state() -> Iterator[Metric]:

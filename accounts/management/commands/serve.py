@@ -29,7 +29,9 @@ class Command(BaseCommand):
             scheduler.start()
             self.stdout.write(
                 "Periodic tasks run in this process: audit checkpoints every "
-                f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s, retention every "
+                f"{settings.AUDIT_CHECKPOINT_INTERVAL_SECONDS}s, audit verification "
+                f"(incremental) every {settings.AUDIT_VERIFY_INTERVAL_SECONDS}s and in full "
+                f"every {settings.AUDIT_VERIFY_FULL_INTERVAL_SECONDS}s, retention every "
                 f"{settings.RETENTION_INTERVAL_SECONDS}s."
             )
         # daphne refuses client frames and messages over the chat's limit from their headers,
