@@ -12,11 +12,12 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 PRODUCTION_TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-only-secret-key-not-for-production-use-0123456789 \
 	AUDIT_HMAC_KEY=test-only-audit-checkpoint-key-not-for-production-0123 \
+	ENCRYPTION_MASTER_KEY=test-only-encryption-key-not-for-production \
 	ALLOWED_HOSTS=localhost,127.0.0.1 REDIS_KEY_PREFIX=eai-test
 
 # Tests never read the developer's service configuration.
 UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY \
-	-u AUDIT_HMAC_KEY -u AUDIT_ANCHOR_S3_BUCKET
+	-u AUDIT_HMAC_KEY -u AUDIT_ANCHOR_S3_BUCKET -u ENCRYPTION_MASTER_KEY -u ENCRYPTION_KMS_KEY_ID
 
 .PHONY: venv run worker beat test test-unit test-production bench lint format clean
 

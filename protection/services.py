@@ -82,11 +82,11 @@ def data_keys_rewrap(*, batch_size: int = DEFAULT_BATCH) -> RotationReport:
     return report
 
 
-def _audit(step: str, master_key: str, failed: list[str], **counts: int | str) -> None:
+def _audit(step: str, master_key: str, problems: list[str], **counts: int | str) -> None:
     audit_record(
         action=AuditAction.ENCRYPTION_KEYS_ROTATED,
         actor=None,
-        outcome=AuditOutcome.FAILED if failed else AuditOutcome.SUCCESS,
+        outcome=AuditOutcome.FAILED if problems else AuditOutcome.SUCCESS,
         details={"step": step, "master_key": master_key, **counts},
     )
 

@@ -334,14 +334,19 @@ def test_no_secret_values_only_references(kustomization: str) -> None:
         for container in pod["containers"]:
             env = {item["name"]: item for item in container["env"]}
             assert "secretKeyRef" in env["DATABASE_URL"]["valueFrom"]
-            for name in ("SECRET_KEY", "AUDIT_HMAC_KEY", "METRICS_TOKEN", "REDIS_URL"):
+            for name in ("SECRET_KEY", "AUDIT_HMAC_KEY", "ENCRYPTION_MASTER_KEY", "METRICS_TOKEN", "REDIS_URL"):
                 assert "value" not in env.get(name, {}), name
 
 
 def test_file_secrets_are_mounted_from_the_secret(base: list[Obj]) -> None:
     config = _one(base, "ConfigMap", "enterprise-ai")["data"]
     files = {name: path for name, path in config.items() if name.endswith("_FILE")}
-    assert set(files) == {"SECRET_KEY_FILE", "AUDIT_HMAC_KEY_FILE", "METRICS_TOKEN_FILE"}
+    assert set(files) == {
+        "SECRET_KEY_FILE",
+        "AUDIT_HMAC_KEY_FILE",
+        "ENCRYPTION_MASTER_KEY_FILE",
+        "METRICS_TOKEN_FILE",
+    }
     for workload in _workloads(base):
         pod = _pod(workload)
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
