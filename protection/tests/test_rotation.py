@@ -14,27 +14,13 @@ from django.db import connection
 
 from audit.catalogue import AuditAction
 from audit.models import AuditEvent
-from conversations.generation import reply_generate
 from conversations.models import Conversation, Message
-from conversations.services import message_send
 from protection import aead, datakeys
 from protection.keyfile import generate_master_key
 from protection.models import DataKey
 from protection.tests.test_keyring import _forget_kms_key
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def turn(fast_demo: None, monkeypatch: pytest.MonkeyPatch, owner: Any) -> Any:
-    def send(text: str) -> Any:
-        monkeypatch.setattr("conversations.services.dispatch", lambda *a: None)
-        result = message_send(actor=owner, text=text, model_key="demo")
-        reply_generate(reply_id=result.reply.pk)
-        result.reply.refresh_from_db()
-        return result
-
-    return send
 
 
 def transcript() -> list[str]:

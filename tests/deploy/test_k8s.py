@@ -334,7 +334,13 @@ def test_no_secret_values_only_references(kustomization: str) -> None:
         for container in pod["containers"]:
             env = {item["name"]: item for item in container["env"]}
             assert "secretKeyRef" in env["DATABASE_URL"]["valueFrom"]
-            for name in ("SECRET_KEY", "AUDIT_HMAC_KEY", "ENCRYPTION_MASTER_KEY", "METRICS_TOKEN", "REDIS_URL"):
+            for name in (
+                "SECRET_KEY",
+                "AUDIT_HMAC_KEY",
+                "ENCRYPTION_MASTER_KEY",
+                "METRICS_TOKEN",
+                "REDIS_URL",
+            ):
                 assert "value" not in env.get(name, {}), name
 
 
