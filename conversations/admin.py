@@ -58,6 +58,7 @@ class ConversationAdmin(ReadOnlyModelAdmin):
         recent = queryset.order_by("-updated_at", "-id").only("id", "title")[:TITLE_SEARCH_SCAN]
         titled = [c.pk for c in recent if all(w in str(c.title).casefold() for w in words)]
         return found | queryset.filter(pk__in=titled), may_have_duplicates
+
     date_hierarchy = "updated_at"
     actions = legal_hold_actions()
 

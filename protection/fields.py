@@ -139,6 +139,9 @@ class EncryptedJSONField(_EncryptedMixin, models.TextField):
     """JSON (a list or an object) encrypted at rest; stored as text in the database."""
 
     description = "JSON, encrypted at rest"
+    # For django-stubs: the attribute is JSON (list or dict), not the column's text.
+    _pyi_private_set_type: Any
+    _pyi_private_get_type: Any
 
     def get_prep_value(self, value: Any) -> Any:
         stored = getattr(value, "stored", None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import pytest
@@ -45,9 +46,7 @@ def test_existing_rows_are_sealed_and_the_reverse_opens_them(owner: Any, local_m
         )
     message_model.objects.create(conversation_id=conversation.pk, role="assistant", content="")
 
-    import conversations.migrations  # noqa: F401 - the module holds BATCH
-
-    module = __import__("conversations.migrations.0010_encrypt_transcripts", fromlist=["BATCH"])
+    module: Any = importlib.import_module("conversations.migrations.0010_encrypt_transcripts")
     original_batch = module.BATCH
     module.BATCH = 3  # several batches
     try:
@@ -65,7 +64,8 @@ def test_existing_rows_are_sealed_and_the_reverse_opens_them(owner: Any, local_m
     assert sorted(m.content for m in Message.objects.exclude(content="")) == sorted(
         f"old plaintext {i}" for i in range(7)
     )
-    assert Message.objects.exclude(content="").first().tool_events[0]["name"] == "search"
+    first = Message.objects.exclude(content="").first()
+    assert first is not None and first.tool_events[0]["name"] == "search"
 
     migrate(BEFORE)
     assert raw("SELECT title FROM conversations_conversation") == [("Old plaintext title",)]
