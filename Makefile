@@ -58,11 +58,12 @@ test-unit: venv
 test-production: venv
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python -m pytest -m production
 
-## Benchmarks on the local PostgreSQL, results in bench/results/: the audit trail (BENCH_AUDIT_EVENTS=20000: quick), then budgets (reserve/settle throughput, latency per turn), then guardrail screening (no database), then the usage dashboard over 1,000,000 ledger rows (BENCH_USAGE_REPLIES), then chat side by side: the upstream direct vs the production path and the embedded default over real sockets (python -m bench.chat_bench --quick: a few minutes), then the API side by side: the upstream direct vs the REST and OpenAI-compatible APIs at 1/10/50 streams (python -m bench.api_bench --quick).
+## Benchmarks on the local PostgreSQL, results in bench/results/: the audit trail (BENCH_AUDIT_EVENTS=20000: quick), then budgets (reserve/settle throughput, latency per turn), then guardrail screening (no database), then encryption at rest per reply (no database), then the usage dashboard over 1,000,000 ledger rows (BENCH_USAGE_REPLIES), then chat side by side: the upstream direct vs the production path and the embedded default over real sockets (python -m bench.chat_bench --quick: a few minutes), then the API side by side: the upstream direct vs the REST and OpenAI-compatible APIs at 1/10/50 streams (python -m bench.api_bench --quick).
 bench: venv
 	$(UNSET_SERVICES) $(BIN)/python -m bench.audit_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.costs_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.guardrails_bench
+	$(UNSET_SERVICES) $(BIN)/python -m bench.encryption_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.usage_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.chat_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.api_bench
