@@ -55,7 +55,11 @@ class ConversationAdmin(ReadOnlyModelAdmin):
         words = search_term.casefold().split()
         if not words:
             return found, may_have_duplicates
-        recent = queryset.order_by("-updated_at", "-id").only("id", "title")[:TITLE_SEARCH_SCAN]
+        recent = (
+            queryset.select_related(None)
+            .order_by("-updated_at", "-id")
+            .only("id", "title")[:TITLE_SEARCH_SCAN]
+        )
         titled = [c.pk for c in recent if all(w in str(c.title).casefold() for w in words)]
         return found | queryset.filter(pk__in=titled), may_have_duplicates
 
