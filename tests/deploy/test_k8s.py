@@ -446,7 +446,9 @@ def _pod_environment(objects: list[Obj], workload: Obj, root: Path) -> dict[str,
         local = local_paths[mount["mountPath"]] = root / mount["mountPath"].lstrip("/")
         local.mkdir(parents=True, exist_ok=True)
         for item in volumes[mount["name"]].get("secret", {}).get("items", []):
-            (local / item["path"]).write_text(secrets.token_urlsafe(50) + "\n")
+            # The encryption master key is 256 bits exactly; the other secrets are longer.
+            size = 32 if item["path"] == "encryption-master-key" else 50
+            (local / item["path"]).write_text(secrets.token_urlsafe(size) + "\n")
     for name, value in env.items():
         for mount_path, local in local_paths.items():
             if value == mount_path or value.startswith(mount_path + "/"):
