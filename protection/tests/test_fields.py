@@ -181,3 +181,18 @@ def test_every_write_path_seals(
     assert sorted(Message.objects.values_list("content", flat=True)) == sorted(
         f"via bulk_update {row.pk}" for row in rows
     )
+
+
+def test_a_message_that_cannot_be_encrypted_is_refused_with_a_code(
+    owner: Any, settings: Any, caplog: Any
+) -> None:
+    from conversations.errors import ChatError
+
+    settings.ENCRYPTION_KMS_KEY_ID = ""
+    settings.ENCRYPTION_MASTER_KEY = ""
+    settings.ENCRYPTION_MASTER_KEY_LOCAL_FILE = ""  # no master key at all
+    with pytest.raises(ChatError) as caught:
+        message_send(actor=owner, text=SECRET_TEXT, model_key="demo")
+    assert caught.value.code == "encryption_unavailable"
+    assert Message.objects.count() == 0 and Conversation.objects.count() == 0
+    assert "encryption unavailable (key_unavailable)" in caplog.text
