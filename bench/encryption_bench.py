@@ -49,7 +49,7 @@ def main() -> None:
     datakeys._for_writing.put((datakeys.TRANSCRIPTS, datakeys.current_period()), ("dk_bench", key))
     datakeys._by_id.put("dk_bench", key)
 
-    fields = {
+    fields: dict[str, tuple[Any, Any]] = {
         "title": (Conversation._meta.get_field("title"), "Quarterly figures for the committee"),
         "content (user)": (Message._meta.get_field("content"), "Please summarise. " * 17),
         "content (reply)": (Message._meta.get_field("content"), "The figures show growth. " * 80),
