@@ -102,7 +102,11 @@ class Message(models.Model):
     )
     # A reply's generation settings chosen by the caller (the API): {"max_output_tokens": n,
     # "temperature": t}; absent keys take the model's maximum and CHAT_TEMPERATURE.
-    options = EncryptedJSONField(default=dict, blank=True)
+    # The database default (the empty text, read as {}) lets a row be inserted without it,
+    # as by the previous release during a rolling deploy.
+    options = EncryptedJSONField(
+        default=dict, db_default=models.Value("", output_field=models.TextField()), blank=True
+    )
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     # What the reply cost, summed over its provider calls (costs.CostEntry holds each call).

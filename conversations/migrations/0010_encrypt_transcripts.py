@@ -101,7 +101,11 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="message",
             name="options",
-            field=protection.fields.EncryptedJSONField(blank=True, default=dict),
+            field=protection.fields.EncryptedJSONField(
+                blank=True,
+                default=dict,
+                db_default=models.Value("", output_field=models.TextField()),
+            ),
         ),
         migrations.AlterField(
             model_name="message",

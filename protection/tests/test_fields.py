@@ -196,3 +196,19 @@ def test_a_message_that_cannot_be_encrypted_is_refused_with_a_code(
     assert caught.value.code == "encryption_unavailable"
     assert Message.objects.count() == 0 and Conversation.objects.count() == 0
     assert "encryption unavailable (key_unavailable)" in caplog.text
+
+
+def test_a_row_inserted_without_options_reads_them_empty(
+    owner: Any, fast_demo: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = chat_turn(owner, monkeypatch)
+    with connection.cursor() as cursor:  # as the previous release would, during a deploy
+        cursor.execute(
+            "INSERT INTO conversations_message (public_id, conversation_id, role, content, "
+            "status, model, answered_by, notice, tool_events, error_code, error, request_id, "
+            "stop_reason, cost_estimated, created_at) VALUES "
+            "(%s, %s, 'user', '', 'complete', '', '', '', '', '', '', '', '', %s, %s)",
+            ["0f0e0d0c0b0a09080706050403020100", result.conversation.pk, False, "2026-01-01"],
+        )
+    message = Message.objects.get(public_id="0f0e0d0c-0b0a-0908-0706-050403020100")
+    assert message.options == {} and message.tool_events == []
