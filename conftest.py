@@ -79,6 +79,15 @@ def _fresh_local_cache() -> None:
         caches["default"].clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_data_keys() -> None:
+    """Each test starts with no data key in memory: the database a previous test committed
+    this month's data key to is gone, so a key it cached must not seal this test's values."""
+    from protection import datakeys
+
+    datakeys.clear_cache()
+
+
 @pytest.fixture(scope="session")
 def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """The test database as pytest-django makes it; before it is dropped, the connection

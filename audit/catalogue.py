@@ -49,6 +49,7 @@ class AuditAction(models.TextChoices):
     RETENTION_APPLIED = "retention.applied", "Retention policy applied (counts, per run)"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
+    ENCRYPTION_KEYS_ROTATED = "encryption.keys_rotated", "Encryption keys rotated"
     # Costs
     BUDGET_REFUSED = "budget.refused", "Request refused by a budget"
     BUDGET_ALERT = "budget.alert", "Alert-only budget exceeded"
