@@ -46,6 +46,8 @@ class AuditAction(models.TextChoices):
     # Compliance
     LEGAL_HOLD_SET = "legal_hold.set", "Legal hold placed"
     LEGAL_HOLD_RELEASED = "legal_hold.released", "Legal hold released"
+    PERSON_ERASED = "person.erased", "Person erased (privacy request)"
+    PERSON_ERASE_REFUSED = "person.erase_refused", "Erasure refused (legal hold)"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
     # Costs

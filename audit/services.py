@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from audit import chain
 from audit import context as audit_context
+from audit import personal
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
 from enterprise_ai import ratelimit
@@ -94,6 +95,9 @@ class EventSpec:
     target_type: str = ""
     target_id: str = ""
     details: Mapping[str, Any] | None = None
+    # Erasure (audit/personal.py): the pk of the person the event is about, whose key seals
+    # the personal details keys; the actor's own fields are sealed under the actor's key.
+    subject_id: int | None = None
 
 
 def _build(spec: EventSpec, *, sequence: int, prev_hash: str, now: datetime) -> AuditEvent:
@@ -118,6 +122,8 @@ def _build(spec: EventSpec, *, sequence: int, prev_hash: str, now: datetime) -> 
         "details": details,
         "prev_hash": prev_hash,
     }
+    # Erasure: personal fields sealed under their person's key before hashing.
+    personal.seal_fields(fields, actor_id=fields["actor_id"], subject_id=spec.subject_id)
     return AuditEvent(**fields, hash=chain.event_hash(fields))
 
 
@@ -204,6 +210,7 @@ def audit_record(
         target_type=target_type,
         target_id=target_id,
         details={**extra, **(details or {})},
+        subject_id=personal.subject_of(target),
     )
     started = time.perf_counter()
     with transaction.atomic():
