@@ -107,6 +107,8 @@ INSTALLED_APPS = [
     # Metrics, health and readiness, the usage dashboard (docs/operations.md).
     "observability",
     "django_prometheus",
+    # Encryption at rest: master keys, data keys, encrypted fields (docs/data-protection.md).
+    "protection",
 ]
 
 MIDDLEWARE = [
@@ -603,6 +605,54 @@ AUDIT_TRUST_REQUEST_ID_HEADER = env.bool("AUDIT_TRUST_REQUEST_ID_HEADER", False)
 AUDIT_DENIALS_PER_MINUTE = env.int("AUDIT_DENIALS_PER_MINUTE", 60, min_value=0)
 # Rows the audit list counts before it says "more than N" instead of counting them all.
 AUDIT_LIST_COUNT_LIMIT = env.int("AUDIT_LIST_COUNT_LIMIT", 10_000, min_value=100)
+
+# --- Encryption at rest (docs/data-protection.md) --------------------------------------------
+
+# The current master key (key-encryption key). AWS KMS when ENCRYPTION_KMS_KEY_ID is set (key
+# id, ARN or alias; credentials from the standard AWS chain); otherwise a local 256-bit key,
+# written as base64 or 64 hex digits (ENCRYPTION_MASTER_KEY, or ENCRYPTION_MASTER_KEY_FILE).
+# The embedded default creates `.local/encryption_master_key` (0600) on first use; the
+# production path refuses to start with neither.
+ENCRYPTION_KMS_KEY_ID = env.str("ENCRYPTION_KMS_KEY_ID")
+ENCRYPTION_KMS_REGION = env.str("ENCRYPTION_KMS_REGION") or env.str("AWS_REGION")
+ENCRYPTION_KMS_ENDPOINT_URL = env.str("ENCRYPTION_KMS_ENDPOINT_URL")
+ENCRYPTION_MASTER_KEY = env.str("ENCRYPTION_MASTER_KEY")
+# Retired local master keys, still read (comma-separated; also *_FILE) until
+# `manage.py rotate_encryption_keys` has re-wrapped every data key away from them.
+ENCRYPTION_PREVIOUS_MASTER_KEYS = env.list("ENCRYPTION_PREVIOUS_MASTER_KEYS")
+
+
+def _check_master_keys() -> None:
+    from protection.keyfile import decode_master_key
+
+    named = [("ENCRYPTION_MASTER_KEY", ENCRYPTION_MASTER_KEY)] if ENCRYPTION_MASTER_KEY else []
+    named += [("ENCRYPTION_PREVIOUS_MASTER_KEYS", key) for key in ENCRYPTION_PREVIOUS_MASTER_KEYS]
+    for name, written in named:
+        try:
+            decode_master_key(written)
+        except ValueError as exc:
+            raise ImproperlyConfigured(
+                f"{name} must be a 256-bit key in base64 or 64 hex digits ({exc}). Generate "
+                "one with: python -c 'import base64,os; "
+                "print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+            ) from None
+
+
+_check_master_keys()
+if ENCRYPTION_KMS_KEY_ID or ENCRYPTION_MASTER_KEY:
+    ENCRYPTION_MASTER_KEY_LOCAL_FILE = ""
+elif EMBEDDED:
+    ENCRYPTION_MASTER_KEY_LOCAL_FILE = str(LOCAL_DIR / "encryption_master_key")
+else:
+    raise ImproperlyConfigured(
+        "Encryption at rest needs a master key when DATABASE_URL, REDIS_URL or "
+        "CELERY_BROKER_URL is set: ENCRYPTION_KMS_KEY_ID (AWS KMS) or ENCRYPTION_MASTER_KEY "
+        "(or ENCRYPTION_MASTER_KEY_FILE). docs/data-protection.md, 'Keys and KMS'."
+    )
+# Unwrapped data keys kept in each process's memory (entries, seconds): a page of messages
+# costs one unwrap per data key, and a retired master key stops working within the TTL.
+ENCRYPTION_KEY_CACHE_SIZE = env.int("ENCRYPTION_KEY_CACHE_SIZE", 1000, min_value=0)
+ENCRYPTION_KEY_CACHE_SECONDS = env.int("ENCRYPTION_KEY_CACHE_SECONDS", 300, min_value=0)
 
 # --- Costs and budgets (docs/costs.md) -------------------------------------------------------
 
