@@ -18,6 +18,7 @@ applies: on the person, or on any of their conversations.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,11 @@ def _names_of(person: User) -> list[str]:
     ]
 
 
+def _names_person(text: str, names: list[str]) -> bool:
+    lowered = text.lower()
+    return any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", lowered) for name in names)
+
+
 def _refuse(*, actor: Any, person: User, code: str, message: str) -> ErasureRefused:
     # Recorded in a transaction of its own: the caller's is about to roll back.
     audit_record(
@@ -98,7 +104,9 @@ def _erase_content(person: User, now: Any) -> dict[str, int]:
     return {"conversations": count, "messages": messages}
 
 
-def _erase_traces(person: User, *, old_names: list[str], now: Any, actor: Any) -> dict[str, int]:
+def _erase_traces(
+    person: User, *, sign_in_names: list[str], now: Any, actor: Any
+) -> dict[str, int]:
     """Everything outside the account row and the transcripts that names the person."""
     from axes.models import AccessAttempt, AccessFailureLog, AccessLog
     from django.contrib.admin.models import LogEntry
@@ -129,10 +137,10 @@ def _erase_traces(person: User, *, old_names: list[str], now: Any, actor: Any) -
     counts["budgets_renamed"] = budgets
 
     by_name = Q()
-    for name in old_names:
+    for name in sign_in_names:
         by_name |= Q(username__iexact=name)
     removed = 0
-    if old_names:
+    if sign_in_names:
         for model in (AccessAttempt, AccessLog, AccessFailureLog):
             removed += model.objects.filter(by_name).delete()[0]
     counts["sign_in_records"] = removed
@@ -143,7 +151,10 @@ def _erase_traces(person: User, *, old_names: list[str], now: Any, actor: Any) -
     for model, ids in (
         (User, [person.pk]),
         (ApiKey, key_ids),
-        (Conversation, list(Conversation.objects.filter(owner_id=person.pk).values_list("pk", flat=True))),
+        (
+            Conversation,
+            list(Conversation.objects.filter(owner_id=person.pk).values_list("pk", flat=True)),
+        ),
     ):
         if ids:
             content_type = ContentType.objects.get_for_model(model)
@@ -184,9 +195,8 @@ def person_erase(*, actor: Any, person: User, reason: str) -> ErasureResult:
         person = User.objects.select_for_update().get(pk=person.pk)
         if person.erased_at is not None:
             return ErasureResult(person_id=person.pk, already=True, erased_at=person.erased_at)
-        old_names = _names_of(person)
-        lowered = reason.lower()
-        if any(name in lowered for name in old_names):
+        sign_in_names = [name for name in (person.get_username(), person.email) if name]
+        if _names_person(reason, _names_of(person)):
             raise ErasureRefused(
                 "reason_names_person",
                 "The reason would stay in the audit trail: give a case reference, not the "
@@ -217,7 +227,7 @@ def person_erase(*, actor: Any, person: User, reason: str) -> ErasureResult:
         if refusal is None:
             now = timezone.now()
             counts = _erase_content(person, now)
-            counts.update(_erase_traces(person, old_names=old_names, now=now, actor=actor))
+            counts.update(_erase_traces(person, sign_in_names=sign_in_names, now=now, actor=actor))
             placeholder = PLACEHOLDER.format(pk=person.pk)
             person.username = placeholder
             person.email = ""

@@ -194,7 +194,10 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
         revealed = personal.reveal(event)
         if revealed.ip:
             return str(revealed.ip)
-        return personal.ERASED if revealed.erased and event.actor_id else "—"
+        withheld = revealed.withheld.get(event.actor_id) if event.actor_id else None
+        if withheld:
+            return personal.ERASED if withheld == "erased" else personal.UNAVAILABLE
+        return "—"
 
     @admin.display(description="actor email")
     def actor_email_shown(self, event: AuditEvent) -> str:

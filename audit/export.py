@@ -80,8 +80,7 @@ def export_chunks(queryset: QuerySet[AuditEvent], fmt: str) -> Iterator[bytes]:
             yield buffer.getvalue().encode("utf-8")
         else:
             yield "".join(
-                json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
-                for row in _rows(page)
+                json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in _rows(page)
             ).encode("utf-8")
 
 

@@ -3,8 +3,8 @@
 An event's personal fields are encrypted (AES-256-GCM, `protection.aead`) under the key of
 the person they belong to *before* the event is hashed, so the chain covers the ciphertext:
 
-* the actor's e-mail and IP address, as one blob in `actor_email` (`SEALED_PREFIX` + base64;
-  `ip` is left empty), under the actor's key;
+* the actor's e-mail and IP address (the address unless AUDIT_SEAL_IP is false), as one blob
+  in `actor_email` (`SEALED_PREFIX` + base64; `ip` is left empty), under the actor's key;
 * the details that name a person (`PERSONAL_DETAIL_KEYS`: a user name, an e-mail, an
   object's name), as one blob per person in `details["_sealed"]` (`{"<user pk>": base64}`),
   under the key of the person the event is about — a user target, or the owner of the target
@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -44,7 +45,7 @@ ACTOR_FIELDS = ("actor_email", "ip")
 # Unwrapped keys cached per user for sealing, so a busy writer does not read the key's row
 # for every event. Short-lived: a key destroyed by another process is used for sealing at
 # most this long (what it seals then is unreadable, which is what erasure wants anyway).
-_CACHE_SECONDS = 60.0
+_CACHE_SECONDS = 300.0
 _cache: dict[int, tuple[float, bytes | None]] = {}
 _cache_lock = threading.Lock()
 
@@ -74,7 +75,7 @@ def _aad(*, sequence: int, subject_id: int, part: str) -> bytes:
     return f"audit-event-personal:v1|{sequence}|{subject_id}|{part}".encode()
 
 
-def _cached(user_id: int) -> bytes | None | bool:
+def _cached(user_id: int) -> bytes | bool | None:
     with _cache_lock:
         hit = _cache.get(user_id)
     if hit is None or hit[0] < time.monotonic():
@@ -124,12 +125,17 @@ def _sealing_key(user_id: int) -> bytes | None:
         except IntegrityError:  # created meanwhile by another writer: use theirs
             row = SubjectKey.objects.get(user_id=user_id)
         else:
-            # Cached only once committed: a rolled-back key must not seal later events.
-            transaction.on_commit(lambda: _remember(user_id, key))
+            _remember_on_commit(user_id, key)
             return key
     key_or_none = _unwrap(row)
-    _remember(user_id, key_or_none)
+    _remember_on_commit(user_id, key_or_none)
     return key_or_none
+
+
+def _remember_on_commit(user_id: int, key: bytes | None) -> None:
+    # Cached only once committed: a key row created in a transaction that rolls back must
+    # not seal later events (they would be unreadable). Outside a transaction: at once.
+    transaction.on_commit(lambda: _remember(user_id, key))
 
 
 def key_destroy(*, user_id: int) -> bool:
@@ -177,12 +183,14 @@ def seal_fields(fields: dict[str, Any], *, actor_id: int | None, subject_id: int
     """
     sequence = int(fields["sequence"])
     if actor_id is not None:
-        own = {name: fields[name] for name in ACTOR_FIELDS if fields.get(name)}
+        names = ACTOR_FIELDS if settings.AUDIT_SEAL_IP else ("actor_email",)
+        own = {name: fields[name] for name in names if fields.get(name)}
         key = _sealing_key(actor_id) if own else None
         if key is not None:
             aad = _aad(sequence=sequence, subject_id=actor_id, part="actor")
             fields["actor_email"] = SEALED_PREFIX + _seal(key, own, aad=aad, subject_id=actor_id)
-            fields["ip"] = None
+            if "ip" in own:
+                fields["ip"] = None
     details = fields.get("details")
     if subject_id is None or not isinstance(details, dict):
         return
@@ -249,7 +257,7 @@ def _open(row: Any, text: str, *, aad: bytes) -> dict[str, Any] | str:
         if key is None:
             return "erased"
         values = json.loads(aead.open(key, base64.b64decode(text), aad=aad))
-    except Exception:  # noqa: BLE001 - a blob that does not open shows as unavailable
+    except Exception:
         return "unavailable"
     return values if isinstance(values, dict) else "unavailable"
 
@@ -283,7 +291,7 @@ def reveal_values(
             result.actor_email = _marker(opened)
         else:
             result.actor_email = str(opened.get("actor_email", ""))
-            result.ip = opened.get("ip")
+            result.ip = opened.get("ip", result.ip)
     if isinstance(sealed, dict):
         for person_text, text in sealed.items():
             if not str(person_text).isdigit():

@@ -25,9 +25,8 @@ from django.db import connection, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from audit import chain
+from audit import chain, personal
 from audit import context as audit_context
-from audit import personal
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
 from enterprise_ai import ratelimit

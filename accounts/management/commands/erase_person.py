@@ -8,6 +8,7 @@ hold applies; running it again for an erased person does nothing and says so.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from typing import Any
 
@@ -21,10 +22,8 @@ from accounts.models import User
 def person_find(term: str) -> User:
     """The one account named by a user name, e-mail (any case) or public id."""
     condition = Q(username__iexact=term) | Q(email__iexact=term)
-    try:
+    with contextlib.suppress(ValueError):
         condition |= Q(public_id=uuid.UUID(term))
-    except ValueError:
-        pass
     found = list(User.objects.filter(condition)[:2])
     if len(found) != 1:
         raise CommandError(
