@@ -44,6 +44,7 @@ TargetLike = Model | tuple[str, Any] | None
 
 _TARGET_TYPES = {
     "accounts.user": TargetType.USER,
+    "accounts.apikey": TargetType.API_KEY,
     "conversations.conversation": TargetType.CONVERSATION,
     "conversations.message": TargetType.MESSAGE,
     "providers.aimodel": TargetType.MODEL,
