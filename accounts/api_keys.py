@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from accounts.models import ApiKey, User
-from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.catalogue import AuditAction, AuditOutcome
 from audit.services import audit_record
 from costs.models import Budget
 from enterprise_ai import ratelimit

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import authenticate
 from django.core.exceptions import PermissionDenied
 from django.core.management import CommandError, call_command
-from django.contrib.auth import authenticate
 from django.test import Client, RequestFactory
 
 from accounts.erasure import ErasureRefused, person_erase
