@@ -101,11 +101,11 @@ def person_with_traces(*, administrator: Any, officer: Any) -> Traced:
     # A failure typed as the e-mail (axes keeps it as typed; a success under the user name
     # does not reset it), then a success.
     Client(REMOTE_ADDR="203.0.113.9").post(
-        reverse("login"), {"username": "Zq.Person@Example.org", "password": "wrong"}
+        reverse("login"), {"username": "Zq.Person@Example.org", "password": "wrong"}, secure=True
     )
     browser = Client(REMOTE_ADDR="203.0.113.9")
     response = browser.post(
-        reverse("login"), {"username": "zq-erasure-target", "password": PASSWORD}
+        reverse("login"), {"username": "zq-erasure-target", "password": PASSWORD}, secure=True
     )
     assert response.status_code == 302, "the person could not sign in"
 
