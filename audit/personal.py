@@ -351,3 +351,51 @@ def reveal_rows(rows: list[dict[str, Any]]) -> list[Revealed]:
         )
         for row in rows
     ]
+
+
+# --- Master key rotation ----------------------------------------------------------------------
+
+
+@dataclass
+class RewrapReport:
+    rewrapped: int = 0
+    failed: list[int] = field(default_factory=list)  # user pks whose key could not be re-wrapped
+
+
+def subject_keys_rewrap(*, batch_size: int = 200) -> RewrapReport:
+    """Re-wrap every live person's key not yet under the current master key (after a master
+    key rotation, before the old master key is retired), in batches, each committed.
+
+    Destroyed keys have nothing to re-wrap. Raises protection.aead.KeyUnavailableError when no
+    master key is configured; a key that cannot be re-wrapped (its master key gone, or
+    altered) is reported in `failed` and left as it is.
+    """
+    from audit.models import SubjectKey
+    from protection import aead, keyring
+
+    current = keyring.current_master_key_id()
+    report = RewrapReport()
+    last = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                SubjectKey.objects.select_for_update()
+                .filter(pk__gt=last, wrapped_key__isnull=False)
+                .exclude(master_key_id=current)
+                .order_by("pk")[:batch_size]
+            )
+            if not rows:
+                return report
+            for row in rows:
+                old = keyring.WrappedKey(
+                    master_key_id=row.master_key_id, blob=bytes(row.wrapped_key)
+                )
+                try:
+                    new = keyring.rewrap(old, purpose=KEY_PURPOSE)
+                except aead.ProtectionError:
+                    report.failed.append(row.user_id)
+                    continue
+                row.master_key_id, row.wrapped_key = new.master_key_id, new.blob
+                row.save(update_fields=["master_key_id", "wrapped_key"])
+                report.rewrapped += 1
+            last = rows[-1].pk

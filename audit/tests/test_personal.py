@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 
@@ -57,9 +58,7 @@ def test_the_actors_email_and_address_are_stored_sealed_and_revealed_to_readers(
     assert verify_chain().ok
 
 
-def test_details_naming_a_person_are_sealed_under_that_persons_key(
-    owner, administrator
-) -> None:
+def test_details_naming_a_person_are_sealed_under_that_persons_key(owner, administrator) -> None:
     event = audit_record(
         action=AuditAction.ADMIN_CHANGE,
         actor=administrator,
@@ -188,3 +187,34 @@ def test_the_audit_list_reads_keys_with_the_rows(compliance_officer, owner, coll
         html = client.get(EVENTS).content.decode()
     assert len(many) == len(few)
     assert "alice@example.com" in html and "bob@example.com" in html
+
+
+def test_after_a_master_key_rotation_rewrapped_keys_still_open_old_events(
+    owner, colleague, settings
+) -> None:
+    from protection.keyfile import generate_master_key
+
+    old_master, new_master = generate_master_key(), generate_master_key()
+    settings.ENCRYPTION_KMS_KEY_ID = ""
+    settings.ENCRYPTION_MASTER_KEY_LOCAL_FILE = ""
+    settings.ENCRYPTION_MASTER_KEY = old_master
+    settings.ENCRYPTION_PREVIOUS_MASTER_KEYS = []
+    keyring.clear_cache()
+    event = audit_record(action=AuditAction.LOGIN, actor=owner)
+    audit_record(action=AuditAction.LOGIN, actor=colleague)
+    personal.key_destroy(user_id=colleague.pk)
+
+    settings.ENCRYPTION_MASTER_KEY = new_master
+    settings.ENCRYPTION_PREVIOUS_MASTER_KEYS = [old_master]
+    keyring.clear_cache()
+    personal.forget()
+    out = io.StringIO()
+    call_command("rewrap_audit_keys", stdout=out)
+    assert "1 audit keys re-wrapped" in out.getvalue()  # the erased person's has no key
+
+    settings.ENCRYPTION_PREVIOUS_MASTER_KEYS = []  # the old master key retired
+    keyring.clear_cache()
+    assert personal.reveal(AuditEvent.objects.get(pk=event.pk)).actor_email == ("alice@example.com")
+    again = io.StringIO()
+    call_command("rewrap_audit_keys", stdout=again)
+    assert "0 audit keys re-wrapped" in again.getvalue()
