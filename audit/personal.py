@@ -43,8 +43,9 @@ PERSONAL_DETAIL_KEYS = frozenset({"username", "email", "object", "name", "first_
 ACTOR_FIELDS = ("actor_email", "ip")
 
 # Unwrapped keys cached per user for sealing, so a busy writer does not read the key's row
-# for every event. Short-lived: a key destroyed by another process is used for sealing at
-# most this long (what it seals then is unreadable, which is what erasure wants anyway).
+# for every event; for ENCRYPTION_KEY_CACHE_SECONDS, like the keyring's. A key destroyed by
+# another process is used for sealing at most that long (what it seals then is unreadable,
+# which is what erasure wants anyway). Readers never use this cache.
 _CACHE_SECONDS = 300.0
 _cache: dict[int, tuple[float, bytes | None]] = {}
 _cache_lock = threading.Lock()
@@ -84,8 +85,9 @@ def _cached(user_id: int) -> bytes | bool | None:
 
 
 def _remember(user_id: int, key: bytes | None) -> None:
+    seconds = float(getattr(settings, "ENCRYPTION_KEY_CACHE_SECONDS", _CACHE_SECONDS))
     with _cache_lock:
-        _cache[user_id] = (time.monotonic() + _CACHE_SECONDS, key)
+        _cache[user_id] = (time.monotonic() + seconds, key)
 
 
 def forget(user_id: int | None = None) -> None:
