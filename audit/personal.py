@@ -314,7 +314,7 @@ def reveal(event: Any, *, keys: Mapping[int, Any] | None = None) -> Revealed:
     the event (`select_related("actor__subject_key")`), so a list page reads no more."""
     cached = getattr(event, "_revealed", None)
     if cached is not None:
-        return cached  # type: ignore[no-any-return]
+        return cached
     rows = dict(keys or {})
     actor = event._state.fields_cache.get("actor")
     if actor is not None and event.actor_id not in rows:
@@ -390,7 +390,7 @@ def subject_keys_rewrap(*, batch_size: int = 200) -> RewrapReport:
                 return report
             for row in rows:
                 old = keyring.WrappedKey(
-                    master_key_id=row.master_key_id, blob=bytes(row.wrapped_key)
+                    master_key_id=row.master_key_id, blob=bytes(row.wrapped_key or b"")
                 )
                 try:
                     new = keyring.rewrap(old, purpose=KEY_PURPOSE)
