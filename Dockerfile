@@ -53,12 +53,14 @@ COPY . /app
 # Static files gathered at build time into STATIC_ROOT (WhiteNoise serves them), under
 # throwaway values that put the settings on the production path (STATIC_ROOT exists only
 # there) without any real service or secret: nothing connects to the database during
-# collectstatic, and with SECRET_KEY and AUDIT_HMAC_KEY given nothing is generated. The
+# collectstatic, and with SECRET_KEY, AUDIT_HMAC_KEY and ENCRYPTION_MASTER_KEY given nothing is
+# generated. The
 # values live only in this RUN, not in the image's environment. The last test fails the build
 # should the settings ever write into LOCAL_DATA_DIR here (a secret baked into the image).
 RUN DATABASE_URL=postgres://collectstatic@127.0.0.1:9/collectstatic \
     SECRET_KEY=build-only-collectstatic-not-a-secret-0123456789abcdef \
     AUDIT_HMAC_KEY=build-only-collectstatic-not-a-secret-0123456789abcdef \
+    ENCRYPTION_MASTER_KEY=build-only-collectstatic-not-a-secret-0123a \
     ALLOWED_HOSTS=collectstatic.invalid \
     LOCAL_DATA_DIR=/tmp/collectstatic-local \
     python manage.py collectstatic --noinput --verbosity 0 \

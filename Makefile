@@ -12,11 +12,12 @@ TEST_REDIS_URL ?= redis://127.0.0.1:6379/9
 PRODUCTION_TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_URL) \
 	SECRET_KEY=test-only-secret-key-not-for-production-use-0123456789 \
 	AUDIT_HMAC_KEY=test-only-audit-checkpoint-key-not-for-production-0123 \
+	ENCRYPTION_MASTER_KEY=test-only-encryption-key-not-for-production \
 	ALLOWED_HOSTS=localhost,127.0.0.1 REDIS_KEY_PREFIX=eai-test
 
 # Tests never read the developer's service configuration.
 UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY \
-	-u AUDIT_HMAC_KEY -u AUDIT_ANCHOR_S3_BUCKET
+	-u AUDIT_HMAC_KEY -u AUDIT_ANCHOR_S3_BUCKET -u ENCRYPTION_MASTER_KEY -u ENCRYPTION_KMS_KEY_ID
 
 .PHONY: venv run worker beat test test-unit test-production bench lint format clean
 
@@ -57,11 +58,12 @@ test-unit: venv
 test-production: venv
 	$(UNSET_SERVICES) $(PRODUCTION_TEST_ENV) $(BIN)/python -m pytest -m production
 
-## Benchmarks on the local PostgreSQL, results in bench/results/: the audit trail (BENCH_AUDIT_EVENTS=20000: quick), then budgets (reserve/settle throughput, latency per turn), then guardrail screening (no database), then the usage dashboard over 1,000,000 ledger rows (BENCH_USAGE_REPLIES), then chat side by side: the upstream direct vs the production path and the embedded default over real sockets (python -m bench.chat_bench --quick: a few minutes), then the API side by side: the upstream direct vs the REST and OpenAI-compatible APIs at 1/10/50 streams (python -m bench.api_bench --quick).
+## Benchmarks on the local PostgreSQL, results in bench/results/: the audit trail (BENCH_AUDIT_EVENTS=20000: quick), then budgets (reserve/settle throughput, latency per turn), then guardrail screening (no database), then encryption at rest per reply (no database), then the usage dashboard over 1,000,000 ledger rows (BENCH_USAGE_REPLIES), then chat side by side: the upstream direct vs the production path and the embedded default over real sockets (python -m bench.chat_bench --quick: a few minutes), then the API side by side: the upstream direct vs the REST and OpenAI-compatible APIs at 1/10/50 streams (python -m bench.api_bench --quick).
 bench: venv
 	$(UNSET_SERVICES) $(BIN)/python -m bench.audit_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.costs_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.guardrails_bench
+	$(UNSET_SERVICES) $(BIN)/python -m bench.encryption_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.usage_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.chat_bench
 	$(UNSET_SERVICES) $(BIN)/python -m bench.api_bench

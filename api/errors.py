@@ -29,6 +29,7 @@ CHAT_ERROR_STATUS: dict[str, int] = {
     "guardrail_blocked": 400,
     "rate_limited": 429,
     "budget_exceeded": 402,
+    "encryption_unavailable": 503,
     "internal": 500,
 }
 # A reply that failed after it was accepted: the provider could not produce it.

@@ -50,6 +50,7 @@ class AuditAction(models.TextChoices):
     PERSON_ERASE_REFUSED = "person.erase_refused", "Erasure refused (legal hold)"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
+    ENCRYPTION_KEYS_ROTATED = "encryption.keys_rotated", "Encryption keys rotated"
     # Costs
     BUDGET_REFUSED = "budget.refused", "Request refused by a budget"
     BUDGET_ALERT = "budget.alert", "Alert-only budget exceeded"

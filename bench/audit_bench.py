@@ -84,6 +84,7 @@ BENCH_ENV = {
     "DATABASE_URL": f"postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{DB_NAME}",
     "SECRET_KEY": "bench-only-secret-key-not-for-production-use-0123456789",
     "AUDIT_HMAC_KEY": "bench-only-audit-checkpoint-key-not-for-production-0123",
+    "ENCRYPTION_MASTER_KEY": "test-only-encryption-key-not-for-production",
     "ALLOWED_HOSTS": "testserver,localhost,127.0.0.1",
     "LOG_LEVEL": "WARNING",
 }

@@ -7,6 +7,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from protection.fields import EncryptedJSONField, EncryptedTextField
+
 
 class Conversation(models.Model):
     class Source(models.TextChoices):
@@ -23,7 +25,9 @@ class Conversation(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="conversations"
     )
-    title = models.CharField(max_length=200)
+    # Derived from the user's first message: encrypted at rest like the messages
+    # (docs/data-protection.md). At most 200 characters (conversations.services).
+    title = EncryptedTextField()
     model = models.CharField(max_length=100, help_text="Key of the model last used.")
     source = models.CharField(
         max_length=8, choices=Source.choices, default=Source.WEB, editable=False
@@ -80,7 +84,9 @@ class Message(models.Model):
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
     role = models.CharField(max_length=16, choices=Role.choices)
-    content = models.TextField(blank=True)
+    # Encrypted at rest, with tool_events and options (docs/data-protection.md): SQL can only
+    # tell whether it is empty.
+    content = EncryptedTextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     model = models.CharField(max_length=100, blank=True, help_text="Key of the model asked.")
     answered_by = models.CharField(
@@ -88,7 +94,7 @@ class Message(models.Model):
     )
     notice = models.CharField(max_length=300, blank=True, help_text="Shown with the reply.")
     # Tool calls made while writing this reply: [{id, name, arguments, result, is_error}].
-    tool_events = models.JSONField(default=list, blank=True)
+    tool_events = EncryptedJSONField(default=list, blank=True)
     # The API key a reply was asked for with (none from the chat page): its own budgets are
     # held and charged with the owner's. Keys are revoked, never deleted.
     api_key = models.ForeignKey(
@@ -96,7 +102,7 @@ class Message(models.Model):
     )
     # A reply's generation settings chosen by the caller (the API): {"max_output_tokens": n,
     # "temperature": t}; absent keys take the model's maximum and CHAT_TEMPERATURE.
-    options = models.JSONField(default=dict, db_default={}, blank=True)
+    options = EncryptedJSONField(default=dict, blank=True)
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
     # What the reply cost, summed over its provider calls (costs.CostEntry holds each call).

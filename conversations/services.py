@@ -49,6 +49,7 @@ from guardrails.services import (
     screening_record,
 )
 from observability import metrics
+from protection.aead import ProtectionError
 from providers.base import ChatMessage, ToolCall, ToolResult, ToolSpec
 from providers.registry import UnknownModel, get_model, model_for_user, supports_tools
 from providers.window import input_budget, message_tokens, tools_tokens
@@ -373,6 +374,15 @@ def message_send(
         if reason is not None:  # guardrail refusals are counted where their kind is known
             metrics.refusal(reason=reason, source=str(source))
         raise
+    except ProtectionError as exc:
+        # The text cannot be encrypted (no usable master key, KMS unreachable): nothing is
+        # stored, and the person gets a code rather than an internal error.
+        logger.error("message not stored: encryption unavailable (%s)", exc.code)
+        raise ChatError(
+            "encryption_unavailable",
+            "Messages cannot be stored right now: the encryption key is unavailable. "
+            "Try again later.",
+        ) from None
 
 
 def _message_send(

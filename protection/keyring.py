@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -294,12 +293,3 @@ def rewrap(wrapped: WrappedKey, *, purpose: str) -> WrappedKey:
         )
     plaintext = unwrap(wrapped, purpose=purpose)
     return _local_wrap(current, _local_keys()[current], plaintext, purpose)
-
-
-def check_configuration() -> None:
-    """Fail loudly when the production path has no master key (called at start-up)."""
-    if not _kms_key_setting() and _current_local_key() is None:
-        raise ImproperlyConfigured(
-            "Encryption at rest needs a master key: ENCRYPTION_KMS_KEY_ID or "
-            "ENCRYPTION_MASTER_KEY (or ENCRYPTION_MASTER_KEY_FILE)."
-        )

@@ -27,6 +27,8 @@ SERVICE_VARIABLES = frozenset(
         "ALLOWED_HOSTS",
         "DEBUG",
         "AUDIT_HMAC_KEY",
+        "ENCRYPTION_MASTER_KEY",
+        "ENCRYPTION_KMS_KEY_ID",
         "AUDIT_ANCHOR_S3_BUCKET",
     }
 )

@@ -38,6 +38,7 @@ PRODUCTION = {
     "REDIS_URL": "redis://cache.internal:6379/0",
     "SECRET_KEY": "k" * 50,
     "AUDIT_HMAC_KEY": "a" * 48,
+    "ENCRYPTION_MASTER_KEY": "test-only-encryption-key-not-for-production",
     "ALLOWED_HOSTS": "ai.example.com",
 }
 LOG_SETTINGS = ["LOG_FORMAT", "LOG_FILE", "LOG_FILE_MAX_BYTES", "LOG_FILE_BACKUP_COUNT", "LOGGING"]

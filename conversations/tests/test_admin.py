@@ -43,3 +43,23 @@ def test_superuser_can_view_but_not_edit_or_delete_a_transcript(
     conversation.refresh_from_db()
     message.refresh_from_db()
     assert conversation.title == "Reviewed" and message.content == "original"
+
+
+def test_console_searches_encrypted_titles_in_python_and_lists_them_decrypted(
+    admin_client_logged_in: Client, owner, colleague
+) -> None:
+    Conversation.objects.create(owner=owner, title="Budget review for Q3", model="demo")
+    Conversation.objects.create(owner=colleague, title="Holiday rota", model="demo")
+    listing = admin_client_logged_in.get("/admin/conversations/conversation/")
+    html = listing.content.decode()
+    assert "Budget review for Q3" in html and "Holiday rota" in html
+
+    found = admin_client_logged_in.get("/admin/conversations/conversation/?q=budget+q3")
+    html = found.content.decode()
+    assert found.status_code == 200
+    assert "Budget review for Q3" in html and "Holiday rota" not in html
+    # The owner's e-mail still matches in SQL.
+    by_owner = admin_client_logged_in.get(f"/admin/conversations/conversation/?q={colleague.email}")
+    assert "Holiday rota" in by_owner.content.decode()
+    # The title column cannot be sorted (it would sort ciphertext).
+    assert "o=1" not in html.split("column-display_title")[1].split("</th>")[0]

@@ -12,6 +12,7 @@ from conversations import services, streams
 from conversations.errors import ChatError
 from conversations.models import Conversation, Message
 from conversations.services import message_send, reply_claim, reply_stop, title_from_text
+from protection import datakeys
 
 pytestmark = pytest.mark.django_db
 
@@ -35,6 +36,7 @@ def test_send_stores_the_turn_and_dispatches_only_on_commit(
     monkeypatch.setattr(
         services, "dispatch", lambda task, *args: dispatched.append((task.name, args))
     )
+    datakeys.key_for_writing()  # this month's data key exists (it is made once a month)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         result = message_send(actor=owner, text="Hello", model_key="demo")
     assert dispatched == []

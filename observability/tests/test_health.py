@@ -243,6 +243,7 @@ def test_probes_answer_a_pod_ip_host_on_the_production_settings(tmp_path: Path) 
         REDIS_URL=f"redis://:redis-s3cret@127.0.0.1:{redis_port}/0",
         SECRET_KEY="pod-ip-test-secret-key-not-for-production-0123456789",
         AUDIT_HMAC_KEY="pod-ip-test-audit-key-not-for-production-0123456789",
+        ENCRYPTION_MASTER_KEY="test-only-encryption-key-not-for-production",
         ALLOWED_HOSTS="localhost",
         READINESS_CHECK_TIMEOUT_SECONDS="1",
     )

@@ -9,6 +9,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from conversations.generation import reply_generate
+from conversations.services import message_send
 from protection import keyring
 from protection.keyfile import generate_master_key
 
@@ -60,3 +62,17 @@ def local_master(settings: Any) -> str:
     settings.ENCRYPTION_MASTER_KEY_LOCAL_FILE = ""
     keyring.clear_cache()
     return written
+
+
+@pytest.fixture
+def turn(fast_demo: None, monkeypatch: pytest.MonkeyPatch, owner: Any) -> Any:
+    """Send a message through the product's send path and generate its demo reply."""
+
+    def send(text: str) -> Any:
+        monkeypatch.setattr("conversations.services.dispatch", lambda *a: None)
+        result = message_send(actor=owner, text=text, model_key="demo")
+        reply_generate(reply_id=result.reply.pk)
+        result.reply.refresh_from_db()
+        return result
+
+    return send

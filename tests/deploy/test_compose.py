@@ -410,7 +410,7 @@ def test_the_app_runs_behind_one_proxy_on_the_production_path() -> None:
         assert interpolate(env["ALLOWED_HOSTS"]) == "localhost,127.0.0.1", name
         assert interpolate(env["CSRF_TRUSTED_ORIGINS"]) == "https://localhost", name
         assert "*" not in interpolate(env["ALLOWED_HOSTS"])
-        for required in ("DATABASE_URL", "SECRET_KEY", "AUDIT_HMAC_KEY"):
+        for required in ("DATABASE_URL", "SECRET_KEY", "AUDIT_HMAC_KEY", "ENCRYPTION_MASTER_KEY"):
             assert f"{required}_FILE" in env, f"{name}: {required} is not given as a file"
 
 

@@ -351,7 +351,7 @@ def test_collectstatic_runs_on_the_production_path_with_throwaway_values_only() 
     assert own["DATABASE_URL"].startswith("postgres://")
     assert "@127.0.0.1:9/" in own["DATABASE_URL"]  # the discard port: nothing answers
     # ...and with both keys given, so the settings generate neither...
-    for name in ("SECRET_KEY", "AUDIT_HMAC_KEY"):
+    for name in ("SECRET_KEY", "AUDIT_HMAC_KEY", "ENCRYPTION_MASTER_KEY"):
         assert own[name].startswith("build-only-"), name
         assert len(own[name]) >= 32
     # ...into a LOCAL_DATA_DIR the same RUN proves untouched.
@@ -501,6 +501,7 @@ def test_worker_and_beat_find_their_tasks_in_the_image_tree(
         REDIS_URL="redis://127.0.0.1:9/0",
         SECRET_KEY="probe-only-not-a-secret-0123456789abcdef",
         AUDIT_HMAC_KEY="probe-only-not-a-secret-0123456789abcdef",
+        ENCRYPTION_MASTER_KEY="test-only-encryption-key-not-for-production",
         ALLOWED_HOSTS="probe.invalid",
     )
     probe = (

@@ -334,14 +334,25 @@ def test_no_secret_values_only_references(kustomization: str) -> None:
         for container in pod["containers"]:
             env = {item["name"]: item for item in container["env"]}
             assert "secretKeyRef" in env["DATABASE_URL"]["valueFrom"]
-            for name in ("SECRET_KEY", "AUDIT_HMAC_KEY", "METRICS_TOKEN", "REDIS_URL"):
+            for name in (
+                "SECRET_KEY",
+                "AUDIT_HMAC_KEY",
+                "ENCRYPTION_MASTER_KEY",
+                "METRICS_TOKEN",
+                "REDIS_URL",
+            ):
                 assert "value" not in env.get(name, {}), name
 
 
 def test_file_secrets_are_mounted_from_the_secret(base: list[Obj]) -> None:
     config = _one(base, "ConfigMap", "enterprise-ai")["data"]
     files = {name: path for name, path in config.items() if name.endswith("_FILE")}
-    assert set(files) == {"SECRET_KEY_FILE", "AUDIT_HMAC_KEY_FILE", "METRICS_TOKEN_FILE"}
+    assert set(files) == {
+        "SECRET_KEY_FILE",
+        "AUDIT_HMAC_KEY_FILE",
+        "ENCRYPTION_MASTER_KEY_FILE",
+        "METRICS_TOKEN_FILE",
+    }
     for workload in _workloads(base):
         pod = _pod(workload)
         volumes = {volume["name"]: volume for volume in pod["volumes"]}
@@ -435,7 +446,9 @@ def _pod_environment(objects: list[Obj], workload: Obj, root: Path) -> dict[str,
         local = local_paths[mount["mountPath"]] = root / mount["mountPath"].lstrip("/")
         local.mkdir(parents=True, exist_ok=True)
         for item in volumes[mount["name"]].get("secret", {}).get("items", []):
-            (local / item["path"]).write_text(secrets.token_urlsafe(50) + "\n")
+            # The encryption master key is 256 bits exactly; the other secrets are longer.
+            size = 32 if item["path"] == "encryption-master-key" else 50
+            (local / item["path"]).write_text(secrets.token_urlsafe(size) + "\n")
     for name, value in env.items():
         for mount_path, local in local_paths.items():
             if value == mount_path or value.startswith(mount_path + "/"):

@@ -50,6 +50,8 @@ def _embedded_env(data_dir: Path) -> dict[str, str]:
             "SECRET_KEY",
             "ALLOWED_HOSTS",
             "AUDIT_HMAC_KEY",
+            "ENCRYPTION_MASTER_KEY",
+            "ENCRYPTION_KMS_KEY_ID",
             "AUDIT_ANCHOR_S3_BUCKET",
         }
     }

@@ -68,6 +68,8 @@ _NOT_INHERITED = ("DATABASE_", "REDIS_", "CELERY_", "CHAT_", "CHANNEL_LAYER_", "
 _NOT_INHERITED_NAMES = {
     "SECRET_KEY",
     "AUDIT_HMAC_KEY",
+    "ENCRYPTION_MASTER_KEY",
+    "ENCRYPTION_KMS_KEY_ID",
     "AUDIT_ANCHOR_S3_BUCKET",
     "ALLOWED_HOSTS",
     "LOCAL_DATA_DIR",
@@ -128,6 +130,7 @@ def base_env(
         REDIS_KEY_PREFIX=key_prefix,
         SECRET_KEY=SECRET_KEY,
         AUDIT_HMAC_KEY=AUDIT_HMAC_KEY,
+        ENCRYPTION_MASTER_KEY="test-only-encryption-key-not-for-production",
         ALLOWED_HOSTS="localhost,127.0.0.1",
         SECURE_SSL_REDIRECT="false",
         SECURE_COOKIES="false",

@@ -16,6 +16,7 @@ PRODUCTION = {
     "REDIS_URL": "redis://cache.internal:6379/0",
     "SECRET_KEY": "pR0d-7fQ2xLw9Zk4Vb1Nn8Yt3Hs6Jd5Gm0Ce2Ua7Ro4Ei9Wq1Tz3Xy8Kp6Lv5Bh",
     "AUDIT_HMAC_KEY": "aUd1t-9Kq3Zm7Xw2Vn5Bt8Yr4Hs6Jd1Gf0Ce3Ua7Ro5Ei",
+    "ENCRYPTION_MASTER_KEY": "test-only-encryption-key-not-for-production",
     "ALLOWED_HOSTS": "ai.example.com",
 }
 NAMES = [

@@ -43,6 +43,7 @@ print(json.dumps({
 """
 PRODUCTION_KEY = "k" * 50
 AUDIT_KEY = "a" * 48
+MASTER_KEY = "test-only-encryption-key-not-for-production"
 
 
 def load(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
@@ -93,6 +94,7 @@ def test_production_path_with_postgres_and_redis(tmp_path: Path) -> None:
         REDIS_URL="redis://cache.internal:6379/0",
         SECRET_KEY=PRODUCTION_KEY,
         AUDIT_HMAC_KEY=AUDIT_KEY,
+        ENCRYPTION_MASTER_KEY=MASTER_KEY,
         ALLOWED_HOSTS="ai.example.com",
     )
     assert s["embedded"] is False
@@ -122,6 +124,7 @@ def test_redis_timeouts_below_the_blocking_read_are_refused(tmp_path: Path) -> N
         REDIS_URL="redis://cache.internal:6379/0",
         SECRET_KEY=PRODUCTION_KEY,
         AUDIT_HMAC_KEY=AUDIT_KEY,
+        ENCRYPTION_MASTER_KEY=MASTER_KEY,
         ALLOWED_HOSTS="ai.example.com",
         REDIS_SOCKET_TIMEOUT="5",
     )
@@ -134,6 +137,7 @@ def test_rabbitmq_broker_with_redis_layer(tmp_path: Path) -> None:
         REDIS_URL="redis://127.0.0.1:6379/0",
         SECRET_KEY=PRODUCTION_KEY,
         AUDIT_HMAC_KEY=AUDIT_KEY,
+        ENCRYPTION_MASTER_KEY=MASTER_KEY,
         ALLOWED_HOSTS="ai.example.com",
     )
     assert s["broker"].startswith("amqp://") and s["dispatch"] == "celery"
@@ -170,6 +174,7 @@ def test_secret_key_from_a_file(tmp_path: Path) -> None:
         DATABASE_URL="postgres://app@db/eai",
         SECRET_KEY_FILE=str(secret),
         AUDIT_HMAC_KEY=AUDIT_KEY,
+        ENCRYPTION_MASTER_KEY=MASTER_KEY,
         ALLOWED_HOSTS="x",
     )
     assert s["secret_key"] == PRODUCTION_KEY
@@ -234,3 +239,35 @@ class TestEnv:
             Env({"TOKEN": "a", "TOKEN_FILE": str(secret)}).str("TOKEN")
         with pytest.raises(ImproperlyConfigured, match="cannot be read"):
             Env({"TOKEN_FILE": str(tmp_path / "missing")}).str("TOKEN")
+
+
+def test_production_refuses_to_start_without_an_encryption_master_key(tmp_path: Path) -> None:
+    error = failure_of(
+        tmp_path,
+        DATABASE_URL="postgres://app@db/eai",
+        SECRET_KEY=PRODUCTION_KEY,
+        AUDIT_HMAC_KEY=AUDIT_KEY,
+        ALLOWED_HOSTS="ai.example.com",
+    )
+    assert "ENCRYPTION_KMS_KEY_ID" in error and "ENCRYPTION_MASTER_KEY" in error
+    assert not (tmp_path / "local" / "encryption_master_key").exists()
+
+
+def test_production_with_kms_needs_no_local_master_key(tmp_path: Path) -> None:
+    s = settings_of(
+        tmp_path,
+        DATABASE_URL="postgres://app@db/eai",
+        SECRET_KEY=PRODUCTION_KEY,
+        AUDIT_HMAC_KEY=AUDIT_KEY,
+        ENCRYPTION_KMS_KEY_ID="alias/enterprise-ai",
+        ALLOWED_HOSTS="ai.example.com",
+    )
+    assert s["embedded"] is False
+
+
+def test_a_malformed_encryption_master_key_is_refused(tmp_path: Path) -> None:
+    error = failure_of(tmp_path, ENCRYPTION_MASTER_KEY="too-short")
+    assert "ENCRYPTION_MASTER_KEY must be a 256-bit key" in error
+    assert "too-short" not in error
+    error = failure_of(tmp_path, ENCRYPTION_PREVIOUS_MASTER_KEYS=f"{MASTER_KEY},nope")
+    assert "ENCRYPTION_PREVIOUS_MASTER_KEYS must be a 256-bit key" in error
