@@ -15,10 +15,10 @@ class Migration(migrations.Migration):
         # roles_sync gives each role exactly the permissions that exist: every app with role
         # permissions must be migrated first.
         ("admin", "0003_logentry_add_action_flag_choices"),
-        ("audit", "0008_subject_keys_erasure"),
+        ("audit", "0009_subject_keys_erasure"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("axes", "0010_accessattemptexpiration"),
-        ("conversations", "0009_message_api_key"),
+        ("conversations", "0010_encrypt_transcripts"),
         ("costs", "0004_api_key_budgets"),
         ("guardrails", "0002_roles"),
         ("providers", "0002_seed_demo_model"),
