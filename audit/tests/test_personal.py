@@ -221,3 +221,30 @@ def test_after_a_master_key_rotation_rewrapped_keys_still_open_old_events(
     again = io.StringIO()
     call_command("rewrap_audit_keys", stdout=again)
     assert "0 audit keys re-wrapped" in again.getvalue()
+
+
+def test_the_review_page_shows_sealed_fields_opened_or_erased(
+    owner, colleague, compliance_officer
+) -> None:
+    from conversations.models import Conversation
+
+    conversation = Conversation.objects.create(owner=owner, title="Plan", model="demo")
+    audit_record(
+        action=AuditAction.MESSAGE_SENT,
+        actor=owner,
+        target=conversation,
+        context=with_address("192.0.2.61"),
+    )
+    audit_record(
+        action=AuditAction.CONVERSATION_ACCESS_DENIED, actor=colleague, target=conversation
+    )
+    client = Client()
+    client.force_login(compliance_officer)
+    url = f"/admin/conversations/conversation/{conversation.pk}/change/"
+    html = client.get(url).content.decode()
+    assert "alice@example.com · 192.0.2.61" in html and "bob@example.com" in html
+    assert personal.SEALED_PREFIX not in html
+
+    personal.key_destroy(user_id=owner.pk)
+    html = client.get(url).content.decode()
+    assert personal.ERASED in html and "192.0.2.61" not in html and "bob@example.com" in html
