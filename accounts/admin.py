@@ -14,6 +14,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.contrib.auth.admin import GroupAdmin as DjangoGroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
@@ -22,6 +23,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 
 from accounts.api_keys import api_key_create, api_key_revoke, scopes_validate
+from accounts.erasure import REASON_MAX, ErasureRefused, person_erase
 from accounts.models import ApiKey, User
 from accounts.roles import ADMINISTRATOR, COMPLIANCE_OFFICER, ROLES
 from accounts.services import lockout_clear, sessions_end_by_administrator
@@ -64,7 +66,7 @@ class UserAdmin(DjangoUserAdmin):
         ("Dates", {"fields": ("last_login", "date_joined")}),
         ("Compliance", {"fields": ("legal_hold", "legal_hold_since", "public_id")}),
     )
-    actions = [*legal_hold_actions(), "end_all_sessions", "clear_lockout"]
+    actions = [*legal_hold_actions(), "end_all_sessions", "clear_lockout", "erase_people"]
 
     def has_legal_hold_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("accounts.manage_legal_hold")
@@ -74,6 +76,49 @@ class UserAdmin(DjangoUserAdmin):
 
     def has_clear_lockout_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("axes.delete_accessattempt")
+
+    def has_erase_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("accounts.erase_person")
+
+    @admin.action(
+        description="Erase personal data (privacy request; cannot be undone)",
+        permissions=["erase"],
+    )
+    def erase_people(self, request: HttpRequest, queryset: QuerySet[User]) -> Any:
+        """Asks for the request's reference and a confirmation, then erases each person
+        (accounts/erasure.py); a refusal (legal hold) is shown with its code."""
+        form = ErasureForm(request.POST if "apply" in request.POST else None)
+        if not form.is_valid():
+            return TemplateResponse(
+                request,
+                "admin/accounts/user/erase_confirm.html",
+                {
+                    **self.admin_site.each_context(request),
+                    "title": "Erase personal data",
+                    "objects": queryset,
+                    "form": form,
+                    "opts": self.model._meta,
+                    "action_name": request.POST.get("action", ""),
+                    "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+                },
+            )
+        for person in queryset:
+            label = f"#{person.pk}"
+            try:
+                result = person_erase(
+                    actor=request.user, person=person, reason=form.cleaned_data["reason"]
+                )
+            except ErasureRefused as refusal:
+                self.message_user(
+                    request, f"{label} not erased ({refusal.code}): {refusal.message}",
+                    messages.ERROR,
+                )  # fmt: skip
+            else:
+                self.message_user(
+                    request, f"{label}: {result.message}",
+                    messages.WARNING if result.already else messages.SUCCESS,
+                )  # fmt: skip
+        return None
 
     @admin.action(
         description="End all sessions (signs them out everywhere)", permissions=["end_sessions"]
@@ -128,6 +173,21 @@ class UserAdmin(DjangoUserAdmin):
                 return groups
 
         return RoleGuardedForm
+
+
+class ErasureForm(forms.Form):
+    reason = forms.CharField(
+        max_length=REASON_MAX,
+        strip=True,
+        help_text="The privacy request's case or ticket reference. Recorded in the audit "
+        "trail: do not write the person's name or e-mail.",
+        widget=forms.TextInput(attrs={"size": 60}),
+    )
+    confirm = forms.BooleanField(
+        label="I understand that erasure cannot be undone",
+        help_text="Conversations' content, names, e-mail and user name are deleted; the "
+        "personal fields of their audit events become unreadable.",
+    )
 
 
 admin.site.unregister(Group)

@@ -32,7 +32,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from accounts.models import ApiKey, User
-from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.catalogue import AuditAction, AuditOutcome
 from audit.services import audit_record
 from costs.models import Budget
 from enterprise_ai import ratelimit
@@ -80,8 +80,10 @@ def _matches(key: ApiKey, raw: str) -> bool:
     return False
 
 
-def _target(key: ApiKey) -> tuple[str, str]:
-    return (TargetType.API_KEY, str(key.public_id))
+def _target(key: ApiKey) -> ApiKey:
+    # The key itself (target type api_key, its public id): its owner is the event's subject,
+    # whose audit key seals the key's name (audit/personal.py).
+    return key
 
 
 def _facts(key: ApiKey) -> dict[str, Any]:

@@ -35,11 +35,16 @@ class User(AbstractUser):
         "in one department (group) so its keys spend that department's budget.",
     )
 
+    # Erased on a privacy request (accounts/erasure.py): names, e-mail and content are gone,
+    # the account is a placeholder `erased-<id>` kept for the ledger and the audit trail.
+    erased_at = models.DateTimeField(null=True, blank=True, editable=False)
+
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
         permissions = [
             ("access_console", "Can open the console (the admin)"),
             ("manage_legal_hold", "Can place and release legal holds on people"),
+            ("erase_person", "Can erase a person's personal data (privacy requests)"),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -3,7 +3,8 @@
 * **Staff** — everyone who chats. No console access.
 * **Compliance officer** — reads the audit trail, transcripts (each opening audited),
   people, API keys, models, prices, budgets and spend; exports and verifies the audit trail;
-  places and releases legal holds. Changes nothing else.
+  places and releases legal holds; erases a person on a privacy request (accounts/erasure.py).
+  Changes nothing else.
 * **Administrator** — manages people, groups, the model catalogue, prices, budgets and the
   guardrail policy (compliance officers read it); issues and revokes API keys; reads
   spend; unlocks locked-out accounts; reads the audit trail. Cannot read transcripts, export
@@ -27,6 +28,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "accounts.access_console",
         "accounts.view_user",
         "accounts.manage_legal_hold",
+        "accounts.erase_person",
         "accounts.view_apikey",
         "auth.view_group",
         "conversations.view_conversation",

@@ -31,7 +31,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.views.decorators.http import require_http_methods
 
-from audit import anchors, export
+from audit import anchors, export, personal
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.console import ReadOnlyModelAdmin
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
@@ -127,15 +127,20 @@ def _target_url(target_type: str, target_id: str) -> str | None:
 @admin.register(AuditEvent)
 class AuditEventAdmin(ReadOnlyModelAdmin):
     list_display = (
-        "sequence", "occurred_at", "action", "outcome", "actor_column", "ip",
+        "sequence", "occurred_at", "action", "outcome", "actor_column", "ip_column",
         "target_type", "target_id",
     )  # fmt: skip
     list_display_links = ("sequence", "occurred_at")
     list_filter = ("action", "outcome", "target_type", ActorFilter, TargetIdFilter)
-    list_select_related = ("actor",)
+    # The actor's audit key comes with the row: the list opens sealed fields without a query
+    # per row (audit/personal.py).
+    list_select_related = ("actor", "actor__subject_key")
     date_hierarchy = "occurred_at"
     search_fields = ("actor_email",)  # see get_search_results
-    search_help_text = "An e-mail address, IP address, target id or request id (exact match)."
+    search_help_text = (
+        "An e-mail address (a current account's), IP address (anonymous events), target id or "
+        "request id (exact match)."
+    )
     # Newest first by time, so the (action, time) and (actor, time) indexes serve filter and
     # order together; sequence breaks ties.
     ordering = ("-occurred_at", "-sequence")
@@ -153,8 +158,8 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
             {
                 "fields": (
                     "actor_link",
-                    "actor_email",
-                    "ip",
+                    "actor_email_shown",
+                    "ip_column",
                     "user_agent",
                     "session_hash",
                     "request_id",
@@ -166,28 +171,46 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
     )
     readonly_fields = (
         "sequence", "occurred_at", "action", "outcome", "details_json", "actor_link",
-        "actor_email", "ip", "user_agent", "session_hash", "request_id", "target_type",
-        "target_id", "target_link", "prev_hash", "hash",
+        "actor_email_shown", "ip_column", "user_agent", "session_hash", "request_id",
+        "target_type", "target_id", "target_link", "prev_hash", "hash",
     )  # fmt: skip
 
     @property
     def count_limit(self) -> int:
         return int(settings.AUDIT_LIST_COUNT_LIMIT)
 
+    # Personal fields are read through audit.personal.reveal only: sealed ones are opened
+    # with their person's key, or shown as "[erased]" once erasure destroyed it.
+
     @admin.display(description="actor")
     def actor_column(self, event: AuditEvent) -> str:
         if event.actor_id is None:
             return "—"
-        label = event.actor_email or event.actor.get_username()  # type: ignore[union-attr]
+        label = personal.reveal(event).actor_email or event.actor.get_username()  # type: ignore[union-attr]
         return format_html('<a href="?actor={}">{}</a>', event.actor_id, label)
+
+    @admin.display(description="IP address")
+    def ip_column(self, event: AuditEvent) -> str:
+        revealed = personal.reveal(event)
+        if revealed.ip:
+            return str(revealed.ip)
+        withheld = revealed.withheld.get(event.actor_id) if event.actor_id else None
+        if withheld:
+            return personal.ERASED if withheld == "erased" else personal.UNAVAILABLE
+        return "—"
+
+    @admin.display(description="actor email")
+    def actor_email_shown(self, event: AuditEvent) -> str:
+        return personal.reveal(event).actor_email or "—"
 
     @admin.display(description="details")
     def details_json(self, event: AuditEvent) -> str:
-        if not event.details:
+        details = personal.reveal(event).details
+        if not details:
             return "—"
         return format_html(
             '<pre class="audit-details">{}</pre>',
-            json.dumps(event.details, indent=2, sort_keys=True, ensure_ascii=False),
+            json.dumps(details, indent=2, sort_keys=True, ensure_ascii=False),
         )
 
     @admin.display(description="actor")
@@ -199,7 +222,7 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
         return format_html(
             '<a href="{}">{}</a> · <a href="{}">all events by this actor</a>',
             person,
-            event.actor_email or event.actor.get_username(),  # type: ignore[union-attr]
+            personal.reveal(event).actor_email or event.actor.get_username(),  # type: ignore[union-attr]
             events,
         )
 
@@ -222,7 +245,13 @@ class AuditEventAdmin(ReadOnlyModelAdmin):
         if not term:
             return queryset, False
         if "@" in term:
-            return queryset.filter(actor_email=term.lower()), False
+            # Sealed e-mails cannot be matched in SQL: the term names the account whose
+            # events are shown (events from before sealing still match their clear e-mail).
+            # The ids as values, not a subquery: PostgreSQL then ORs two index scans.
+            people = list(
+                get_user_model().objects.filter(email__iexact=term).values_list("pk", flat=True)
+            )
+            return queryset.filter(Q(actor_id__in=people) | Q(actor_email=term.lower())), False
         try:
             return queryset.filter(ip=str(ipaddress.ip_address(term))), False
         except ValueError:
@@ -315,6 +344,7 @@ def _verify_page(request: HttpRequest, model_admin: AuditEventAdmin) -> HttpResp
     )
     context = {
         **model_admin.admin_site.each_context(request),
+        "last_actor": personal.reveal(last).actor_email if last is not None else "",
         "title": "Verify the audit chain",
         "opts": model_admin.model._meta,
         "report": report,

@@ -47,6 +47,8 @@ class AuditAction(models.TextChoices):
     LEGAL_HOLD_SET = "legal_hold.set", "Legal hold placed"
     LEGAL_HOLD_RELEASED = "legal_hold.released", "Legal hold released"
     RETENTION_APPLIED = "retention.applied", "Retention policy applied (counts, per run)"
+    PERSON_ERASED = "person.erased", "Person erased (privacy request)"
+    PERSON_ERASE_REFUSED = "person.erase_refused", "Erasure refused (legal hold)"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
     ENCRYPTION_KEYS_ROTATED = "encryption.keys_rotated", "Encryption keys rotated"

@@ -2,8 +2,10 @@
 
 Rows are read in pages by keyset (`sequence > last`), not with OFFSET or a long-lived
 cursor, so memory and per-page cost stay flat for millions of rows and nothing holds a
-database cursor across the network writes. Every field an event's hash covers is exported,
-plus the hash itself, so an export can be checked against the chain.
+database cursor across the network writes. Every field an event's hash covers is exported
+as stored, plus the hash itself, so an export can be checked against the chain; sealed
+personal fields (audit/personal.py) are stored as ciphertext, so `revealed` adds them opened
+— or "[erased]" — read through audit.personal like the console.
 """
 
 from __future__ import annotations
@@ -17,19 +19,21 @@ from typing import Any
 from asgiref.sync import sync_to_async
 from django.db.models import QuerySet
 
-from audit import chain
+from audit import chain, personal
 from audit.models import AuditEvent
 
 PAGE_SIZE = 2000
 # Every field the hash covers, in the chain's order, then the hash itself.
-COLUMNS = (*chain.HASHED_FIELDS, "hash")
+STORED = (*chain.HASHED_FIELDS, "hash")
+# Then the personal fields as a reader sees them: {"actor_email", "ip", "details"}.
+COLUMNS = (*STORED, "revealed")
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
 # Spreadsheet programs run cells that start with these as formulas (CSV injection).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _pages(queryset: QuerySet[AuditEvent]) -> Iterator[list[tuple[Any, ...]]]:
-    rows = queryset.order_by("sequence").values_list(*COLUMNS)
+    rows = queryset.order_by("sequence").values_list(*STORED)
     last = 0
     while True:
         page = list(rows.filter(sequence__gt=last)[:PAGE_SIZE])
@@ -39,10 +43,14 @@ def _pages(queryset: QuerySet[AuditEvent]) -> Iterator[list[tuple[Any, ...]]]:
         last = page[-1][0]
 
 
-def _row(values: tuple[Any, ...]) -> dict[str, Any]:
-    row = dict(zip(COLUMNS, values, strict=True))
-    row["occurred_at"] = chain.timestamp(row["occurred_at"])
-    return row
+def _rows(page: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    rows = [dict(zip(STORED, values, strict=True)) for values in page]
+    for row, shown in zip(rows, personal.reveal_rows(rows), strict=True):
+        row["occurred_at"] = chain.timestamp(row["occurred_at"])
+        row["revealed"] = {"actor_email": shown.actor_email, "ip": shown.ip}
+        if shown.details != row["details"]:
+            row["revealed"]["details"] = shown.details
+    return rows
 
 
 def _csv_cell(value: Any) -> str:
@@ -67,14 +75,12 @@ def export_chunks(queryset: QuerySet[AuditEvent], fmt: str) -> Iterator[bytes]:
         if fmt == "csv":
             buffer = io.StringIO()
             writer = csv.writer(buffer)
-            for values in page:
-                row = _row(values)
+            for row in _rows(page):
                 writer.writerow([_csv_cell(row[name]) for name in COLUMNS])
             yield buffer.getvalue().encode("utf-8")
         else:
             yield "".join(
-                json.dumps(_row(values), ensure_ascii=False, sort_keys=True) + "\n"
-                for values in page
+                json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in _rows(page)
             ).encode("utf-8")
 
 

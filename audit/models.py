@@ -69,8 +69,11 @@ class AuditEvent(AppendOnlyModel):
         related_name="+",
         db_index=False,  # covered by the (actor, occurred_at) index
     )
-    # The actor's e-mail at the time (lower case), kept even if the account changes.
-    actor_email = models.CharField(max_length=254, blank=True)
+    # The actor's e-mail at the time (lower case), kept even if the account changes. Sealed
+    # with the address under the actor's key (audit/personal.py): then it holds the
+    # ciphertext ("sealed:v1:…", at most ~2,250 characters, under the b-tree entry limit)
+    # and `ip` is empty. Read both through audit.personal.reveal.
+    actor_email = models.CharField(max_length=2400, blank=True)
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=512, blank=True)
     # A keyed hash of the session key: links events of one session, never reveals the key.
@@ -198,3 +201,27 @@ class PendingAuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"pending {self.id} {self.action} ({self.outcome})"
+
+
+class SubjectKey(models.Model):
+    """A person's key for the personal fields of their audit events (audit/personal.py).
+
+    A random data key wrapped by the product's master key (protection.keyring); never
+    stored in clear. Erasure destroys it (`wrapped_key` emptied, `destroyed_at` set): the
+    sealed fields stay in the chain and can no longer be read. Not append-only, on purpose.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="subject_key"
+    )
+    master_key_id = models.CharField(max_length=200, blank=True)
+    wrapped_key = models.BinaryField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    destroyed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "person's audit key"
+
+    def __str__(self) -> str:
+        state = "destroyed" if self.wrapped_key is None else "active"
+        return f"Audit key of user #{self.user_id} ({state})"

@@ -39,7 +39,7 @@ from django.db.models import Model, Subquery
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from audit import chain
+from audit import chain, personal
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent, PendingAuditEvent
@@ -63,6 +63,7 @@ TargetLike = Model | tuple[str, Any] | None
 
 _TARGET_TYPES = {
     "accounts.user": TargetType.USER,
+    "accounts.apikey": TargetType.API_KEY,
     "conversations.conversation": TargetType.CONVERSATION,
     "conversations.message": TargetType.MESSAGE,
     "providers.aimodel": TargetType.MODEL,
@@ -114,6 +115,9 @@ class EventSpec:
     target_type: str = ""
     target_id: str = ""
     details: Mapping[str, Any] | None = None
+    # Erasure (audit/personal.py): the pk of the person the event is about, whose key seals
+    # the personal details keys; the actor's own fields are sealed under the actor's key.
+    subject_id: int | None = None
 
 
 def _build(spec: EventSpec, *, sequence: int, prev_hash: str, now: datetime) -> AuditEvent:
@@ -140,6 +144,8 @@ def _build(spec: EventSpec, *, sequence: int, prev_hash: str, now: datetime) -> 
         # Issue 15 (keyed chain): the chain key that hashes the event, covered by the hash.
         "key_id": chain.current_chain_key()[0],
     }
+    # Erasure: personal fields sealed under their person's key before hashing.
+    personal.seal_fields(fields, actor_id=fields["actor_id"], subject_id=spec.subject_id)
     return AuditEvent(**fields, hash=chain.event_hash(fields))
 
 
@@ -231,6 +237,7 @@ def audit_record(
         target_type=target_type,
         target_id=target_id,
         details={**extra, **(details or {})},
+        subject_id=personal.subject_of(target),
     )
     started = time.perf_counter()
     if _deferred():

@@ -17,6 +17,7 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from audit import personal
 from audit.catalogue import AuditAction, TargetType
 from audit.console import ReadOnlyModelAdmin
 from audit.legal_hold import legal_hold_actions
@@ -97,9 +98,11 @@ class ConversationAdmin(ReadOnlyModelAdmin):
             AuditEvent.objects.filter(
                 target_type=TargetType.CONVERSATION, target_id=str(conversation.public_id)
             )
-            .select_related("actor")
+            .select_related("actor", "actor__subject_key")
             .order_by("-sequence")[:REVIEW_EVENTS_MAX]
         )
+        for event in events:  # sealed personal fields, opened (or "[erased]")
+            event.shown = personal.reveal(event)  # type: ignore[attr-defined]
         context = {
             **self.admin_site.each_context(request),
             "title": f"Review: {conversation}",

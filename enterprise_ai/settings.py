@@ -627,6 +627,10 @@ AUDIT_TRUST_REQUEST_ID_HEADER = env.bool("AUDIT_TRUST_REQUEST_ID_HEADER", False)
 # Denied events (refusals) written per action and person, or address when anonymous, per
 # minute; past it, one event says further ones go unrecorded that minute (0: no cap).
 AUDIT_DENIALS_PER_MINUTE = env.int("AUDIT_DENIALS_PER_MINUTE", 60, min_value=0)
+# Seal the actor's IP address with their e-mail under their audit key (audit/personal.py), so
+# erasure removes it too. The console then finds addresses of anonymous events only; false
+# keeps addresses searchable for everyone and erasure leaves them (docs/data-protection.md).
+AUDIT_SEAL_IP = env.bool("AUDIT_SEAL_IP", True)
 # Rows the audit list counts before it says "more than N" instead of counting them all.
 AUDIT_LIST_COUNT_LIMIT = env.int("AUDIT_LIST_COUNT_LIMIT", 10_000, min_value=100)
 # How audit_record writes (docs/audit.md, "Write path"): "deferred" records the event in

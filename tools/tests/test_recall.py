@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from audit import context as audit_context
+from audit import personal
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
 from providers.base import ToolCall
@@ -94,7 +95,8 @@ def test_another_users_conversation_is_refused_like_a_missing_one(owner, colleag
 
     not_owner, not_found = refusals()
     assert not_owner.outcome == "denied"
-    assert not_owner.actor_id == owner.pk and not_owner.actor_email == "alice@example.com"
+    assert not_owner.actor_id == owner.pk
+    assert personal.reveal(not_owner).actor_email == "alice@example.com"
     assert (not_owner.target_type, not_owner.target_id) == ("conversation", str(theirs.public_id))
     assert not_owner.details == {"tool": "read_conversation", "reason": "not_owner"}
     assert not_owner.request_id == "req-tool-0001"
