@@ -125,8 +125,11 @@ def outsider(db: None) -> Any:
 def _make_role_member(username: str, role: str) -> Any:
     from django.contrib.auth.models import Group
 
+    from audit.governed import governed_writes
+
     user = _make_user(username)
-    user.groups.add(Group.objects.get(name=role))
+    with governed_writes(reason="test fixture"):  # set-up, not an event under test
+        user.groups.add(Group.objects.get(name=role))
     return user
 
 

@@ -12,6 +12,8 @@ from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.db.models.functions import Lower
 
+from audit.governed import GovernedUserManager
+
 
 class User(AbstractUser):
     """A member of staff. `public_id` is the only identifier that leaves the server."""
@@ -34,6 +36,9 @@ class User(AbstractUser):
         help_text="A service account acts only through API keys and cannot sign in. Put it "
         "in one department (group) so its keys spend that department's budget.",
     )
+
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedUserManager()  # type: ignore[misc]
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"

@@ -6,4 +6,9 @@ class AuditConfig(AppConfig):
     verbose_name = "Audit trail"
 
     def ready(self) -> None:
-        from audit import receivers  # noqa: F401  (connects the sign-in signals)
+        from audit import (
+            governed,
+            receivers,  # noqa: F401  (connects the sign-in signals)
+        )
+
+        governed.install()

@@ -48,6 +48,7 @@ class AuditAction(models.TextChoices):
     LEGAL_HOLD_RELEASED = "legal_hold.released", "Legal hold released"
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
+    BULK_WRITE = "data.bulk_write", "Governed records written in bulk (queryset write)"
     # Costs
     BUDGET_REFUSED = "budget.refused", "Request refused by a budget"
     BUDGET_ALERT = "budget.alert", "Alert-only budget exceeded"

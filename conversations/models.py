@@ -7,6 +7,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from audit.governed import GovernedManager
+
 
 class Conversation(models.Model):
     class Source(models.TextChoices):
@@ -118,6 +120,9 @@ class Message(models.Model):
     # a streaming reply whose heartbeat stopped is failed as interrupted by the sweeper.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedManager()
 
     class Meta:
         indexes = [
