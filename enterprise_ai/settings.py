@@ -170,6 +170,10 @@ DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", 20, min_value=1)
 # Seconds a thread waits for a free pooled connection before its request fails.
 DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", 30, min_value=1)
 DATABASE_POOL = env.bool("DATABASE_POOL", True)
+# The web server, the workers and beat refuse to start on PostgreSQL as a superuser, as the
+# owner of the audit tables, or as a role that may TRUNCATE them (enterprise_ai/db_role.py;
+# docs/audit.md, "Database roles"). True lets them: for development and tests only.
+DATABASE_ALLOW_PRIVILEGED_ROLE = env.bool("DATABASE_ALLOW_PRIVILEGED_ROLE", False)
 
 if DATABASE_URL:
     DATABASES: dict[str, dict[str, Any]] = {"default": environ.Env.db_url_config(DATABASE_URL)}
