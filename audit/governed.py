@@ -243,6 +243,13 @@ class GovernedQuerySetMixin:
         return obj, created
 
 
+# As Django marks its own: they change data (templates never call them), and delete() stays
+# off the manager (`Model.objects.delete()` would delete every row).
+for _name in ("update", "delete", "bulk_create", "bulk_update", "update_or_create"):
+    getattr(GovernedQuerySetMixin, _name).alters_data = True
+GovernedQuerySetMixin.delete.queryset_only = True  # type: ignore[attr-defined]
+
+
 class GovernedQuerySet(GovernedQuerySetMixin, models.QuerySet):  # type: ignore[misc]
     pass
 

@@ -224,6 +224,8 @@ def test_every_governed_model_hands_out_governed_querysets() -> None:
     for label in GOVERNED_MODELS:
         assert is_governed(apps.get_model(label)), label
     assert {case.label for case in cases().values()} == {label.lower() for label in GOVERNED_MODELS}
+    # As with Django's own managers, deleting needs a queryset: no `Model.objects.delete()`.
+    assert not hasattr(Message.objects, "delete") and not hasattr(User.objects, "delete")
 
 
 @pytest.mark.django_db

@@ -230,7 +230,7 @@ def test_the_app_role_cannot_truncate_update_or_delete_audit_rows(
     with roles.connect(roles.app) as conn:
         for table in AUDIT_TABLES:
             count = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-            assert conn.execute(count).fetchone()[0] >= 1
+            assert conn.execute(count).fetchall() != [(0,)], f"{table} is empty"
         for table in AUDIT_TABLES:
             name, column = sql.Identifier(table), sql.Identifier(UPDATED_COLUMN[table])
             for statement in (
