@@ -57,7 +57,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # Tests connect to PostgreSQL as its superuser; the role check of the serving processes
     # (enterprise_ai/db_role.py), which in-process Celery test workers also run, would refuse
     # it. tests/production/test_database_roles.py proves the check with the documented roles.
-    settings.DATABASE_ALLOW_PRIVILEGED_ROLE = True
+    settings.DATABASE_PRIVILEGED_ROLE = "allow"
 
 
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected what this run does not include

@@ -12,3 +12,10 @@ class AuditConfig(AppConfig):
         )
 
         governed.install()
+
+        from django.db.models.signals import post_migrate
+
+        from enterprise_ai import db_role
+
+        # The application role of DATABASE_PRIVILEGED_ROLE=demote, after every migrate.
+        post_migrate.connect(db_role.grant_after_migrate, sender=self)

@@ -137,7 +137,7 @@ def base_env(
         # The tests connect as PostgreSQL's superuser, which the processes refuse otherwise
         # (enterprise_ai/db_role.py); tests/production/test_database_roles.py proves the
         # documented roles instead.
-        DATABASE_ALLOW_PRIVILEGED_ROLE="true",
+        DATABASE_PRIVILEGED_ROLE="allow",
     )
     env.update(overrides)
     return env

@@ -41,7 +41,7 @@ UPDATED_COLUMN = {
     "audit_auditcheckpoint": "signature",
     "audit_auditanchor": "key",
 }
-REFUSAL = re.compile(r'Refusing to start .*docs/audit\.md, "Database roles".*DATABASE_ALLOW')
+REFUSAL = re.compile(r'Refusing to start .*docs/audit\.md, "Database roles".*DATABASE_PRIVILEGED')
 
 
 def documented_statements() -> list[list[str]]:
@@ -123,12 +123,22 @@ def site(tmp_path: Path) -> Iterator[tuple[Roles, Stack]]:
                 redis_url=redis.url,
                 key_prefix=f"eai-roles-{secrets.token_hex(2)}",
                 data_dir=tmp_path / "data",
-                DATABASE_ALLOW_PRIVILEGED_ROLE="false",
+                DATABASE_PRIVILEGED_ROLE="refuse",
+                # A role of this test's own, which a migrate as the owner must not create.
+                DATABASE_APP_ROLE=f"{roles.app}_demoted",
             )
             with Stack(tmp_path / "stack", env) as stack:
-                stack.manage(
+                migrated = stack.manage(
                     "migrate", "--noinput", extra_env={"DATABASE_URL": roles.url(roles.owner)}
                 )
+                # The owner may not create roles: migrate creates none, grants none, says nothing.
+                assert "Database role" not in migrated, migrated[-2000:]
+                with roles.connect(roles.server.user, "postgres") as admin:
+                    found = admin.execute(
+                        "SELECT count(*) FROM pg_roles WHERE rolname = %s",
+                        (f"{roles.app}_demoted",),
+                    ).fetchall()
+                assert found == [(0,)]
                 roles.run_as(roles.owner, after_migrate)
                 yield roles, stack
         finally:
@@ -142,7 +152,7 @@ def refused(stack: Stack, argv: list[str], url: str) -> str:
     result = subprocess.run(
         argv,
         cwd=ROOT,
-        env={**stack.env, "DATABASE_URL": url},  # DATABASE_ALLOW_PRIVILEGED_ROLE=false
+        env={**stack.env, "DATABASE_URL": url},  # DATABASE_PRIVILEGED_ROLE=refuse
         capture_output=True,
         text=True,
         timeout=90,
@@ -202,14 +212,17 @@ def test_the_documented_roles_serve_as_the_app_and_refuse_the_owner_and_a_superu
             output = refused(stack, argv, roles.url(role))
             assert f'the database role "{role}" {why}' in output, output[-2000:]
 
-    # The development escape hatch: allowed explicitly, the owner starts (with a warning).
-    stack.start_web(
-        "web-as-owner",
-        extra_env={
-            "DATABASE_URL": roles.url(roles.owner),
-            "DATABASE_ALLOW_PRIVILEGED_ROLE": "true",
-        },
-    )
+    # The development escape hatch: allowed explicitly, the owner starts (with a warning),
+    # also through the older DATABASE_ALLOW_PRIVILEGED_ROLE=true.
+    for allowed in (
+        {"DATABASE_PRIVILEGED_ROLE": "allow"},
+        {"DATABASE_PRIVILEGED_ROLE": "", "DATABASE_ALLOW_PRIVILEGED_ROLE": "true"},
+    ):
+        web = stack.start_web(
+            "web-as-owner", extra_env={"DATABASE_URL": roles.url(roles.owner), **allowed}
+        )
+        web.wait_for_log(r"DATABASE_PRIVILEGED_ROLE=allow \(development only\)", timeout=10)
+        web.stop()
 
 
 def test_the_app_role_cannot_truncate_update_or_delete_audit_rows(
