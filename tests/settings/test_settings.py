@@ -234,3 +234,63 @@ class TestEnv:
             Env({"TOKEN": "a", "TOKEN_FILE": str(secret)}).str("TOKEN")
         with pytest.raises(ImproperlyConfigured, match="cannot be read"):
             Env({"TOKEN_FILE": str(tmp_path / "missing")}).str("TOKEN")
+
+
+ROLE_PROBE = (
+    "import json, enterprise_ai.settings as s; "
+    "print(json.dumps([s.DATABASE_PRIVILEGED_ROLE, s.DATABASE_APP_ROLE]))"
+)
+ROLE_VARIABLES = ("DATABASE_PRIVILEGED_ROLE", "DATABASE_ALLOW_PRIVILEGED_ROLE", "DATABASE_APP_ROLE")
+
+
+def role_settings(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return run_python(tmp_path, ["-c", ROLE_PROBE], unset=ROLE_VARIABLES, **variables)
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, ["demote", "enterprise_ai_app"]),
+        ({"DATABASE_PRIVILEGED_ROLE": "Refuse"}, ["refuse", "enterprise_ai_app"]),
+        ({"DATABASE_PRIVILEGED_ROLE": "allow"}, ["allow", "enterprise_ai_app"]),
+        # The older spelling of allow, alone or agreeing.
+        ({"DATABASE_ALLOW_PRIVILEGED_ROLE": "true"}, ["allow", "enterprise_ai_app"]),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "true", "DATABASE_PRIVILEGED_ROLE": "allow"},
+            ["allow", "enterprise_ai_app"],
+        ),
+        ({"DATABASE_ALLOW_PRIVILEGED_ROLE": "false"}, ["demote", "enterprise_ai_app"]),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "false", "DATABASE_PRIVILEGED_ROLE": "refuse"},
+            ["refuse", "enterprise_ai_app"],
+        ),
+        ({"DATABASE_APP_ROLE": "eai_app$1"}, ["demote", "eai_app$1"]),
+    ],
+)
+def test_the_privileged_role_modes(tmp_path: Path, variables: dict, expected: list) -> None:
+    result = role_settings(tmp_path, **variables)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"DATABASE_PRIVILEGED_ROLE": "drop"}, "must be demote, refuse or allow"),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "true", "DATABASE_PRIVILEGED_ROLE": "refuse"},
+            "set only one of them",
+        ),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "false", "DATABASE_PRIVILEGED_ROLE": "allow"},
+            "set only one of them",
+        ),
+        ({"DATABASE_APP_ROLE": 'app"; DROP TABLE x; --'}, "plain PostgreSQL role name"),
+    ],
+)
+def test_contradictory_or_bad_privileged_role_settings_are_refused(
+    tmp_path: Path, variables: dict, message: str
+) -> None:
+    result = role_settings(tmp_path, **variables)
+    assert result.returncode != 0
+    assert message in result.stderr.strip().splitlines()[-1]
