@@ -62,11 +62,18 @@ from django.db import connection
 from enterprise_ai import db_role
 db_role.role_check(process="the test's process")
 out = {}
+import os, psycopg
 for attempt in range(3):  # a connection given back and taken again, or opened afresh
     with connection.cursor() as cursor:
-        cursor.execute("SELECT current_user, session_user")
-        out.setdefault("roles", []).append(list(cursor.fetchone()))
+        cursor.execute("SELECT current_user, session_user, pg_backend_pid()")
+        who, login, pid = cursor.fetchone()
+        out.setdefault("roles", []).append([who, login])
     connection.close()
+    if attempt == 1:  # its server connection dies (a failover): the next one is a new one
+        with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        out["killed"] = pid
+    out.setdefault("pids", []).append(pid)
 for name, statement in (
     ("truncate", "TRUNCATE audit_auditevent CASCADE"),
     ("update", "UPDATE audit_auditevent SET action = 'forged'"),
@@ -235,6 +242,7 @@ def test_a_demoted_process_cannot_truncate_or_rewrite_audit_rows(site: Site, poo
     [line] = [x for x in result.stdout.splitlines() if x.startswith("RESULT ")]
     out = json.loads(line.removeprefix("RESULT "))
     assert out["roles"] == [[site.app_role, "postgres"]] * 3
+    assert out["pids"][2] != out["killed"]  # the third ran on a connection opened afresh
     for name in ("truncate", "update", "delete", "disable_trigger"):
         assert out[name].startswith("ProgrammingError: "), out
     assert "permission denied" in out["truncate"] and "permission denied" in out["update"]
