@@ -292,3 +292,46 @@ def test_an_app_role_holding_truncate_is_refused_as_the_demoted_role(site: Site)
             assert f'"{site.app_role}" may TRUNCATE audit_auditcheckpoint too' in output
     finally:
         site.sql(f"REVOKE TRUNCATE ON audit_auditcheckpoint FROM {site.app_role}")
+
+
+def test_an_owner_with_createrole_migrates_and_then_serves_demoted(
+    site: Site, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Not a superuser: `migrate` creates the role and makes the owner a member, so that the
+    owner's own web server may assume it."""
+    suffix = secrets.token_hex(3)
+    owner, app, name = f"eai_e_owner_{suffix}", f"eai_e_capp_{suffix}", f"eai_e_cr_{suffix}"
+    server = site.database
+    with server._connect("postgres") as admin:
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'owner-password'").format(
+                sql.Identifier(owner)
+            )
+        )
+        admin.execute(
+            sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(name), sql.Identifier(owner)
+            )
+        )
+    try:
+        url = f"postgres://{owner}:owner-password@{server.host}:{server.port}/{name}"
+        env = {**site.stack.env, "DATABASE_URL": url, "DATABASE_APP_ROLE": app}
+        with Stack(tmp_path_factory.mktemp("createrole"), env) as stack:
+            migrated = stack.manage("migrate", "--noinput")
+            assert f'Database role "{app}" (NOLOGIN' in migrated and "created" in migrated
+            script = (
+                "from django.db import connection; from enterprise_ai import db_role; "
+                "db_role.role_check(process='the test'); c = connection.cursor(); "
+                "c.execute('SELECT current_user, session_user'); print('ROLES', *c.fetchone())"
+            )
+            out = stack.manage("shell", "-c", script)
+            assert f"ROLES {app} {owner}" in out, out[-2000:]
+            web = stack.start_web()
+            web.wait_for_log(rf"runs as the database role {app} \(SET ROLE\)", timeout=5)
+    finally:
+        with server._connect("postgres") as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+            for role in (app, owner):
+                admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
