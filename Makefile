@@ -13,7 +13,8 @@ PRODUCTION_TEST_ENV := DATABASE_URL=$(TEST_DATABASE_URL) REDIS_URL=$(TEST_REDIS_
 	SECRET_KEY=test-only-secret-key-not-for-production-use-0123456789 \
 	AUDIT_HMAC_KEY=test-only-audit-checkpoint-key-not-for-production-0123 \
 	ENCRYPTION_MASTER_KEY=test-only-encryption-key-not-for-production \
-	ALLOWED_HOSTS=localhost,127.0.0.1 REDIS_KEY_PREFIX=eai-test
+	ALLOWED_HOSTS=localhost,127.0.0.1 REDIS_KEY_PREFIX=eai-test \
+	DATABASE_ALLOW_PRIVILEGED_ROLE=true
 
 # Tests never read the developer's service configuration.
 UNSET_SERVICES := env -u DATABASE_URL -u REDIS_URL -u CELERY_BROKER_URL -u SECRET_KEY \

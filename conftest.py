@@ -53,6 +53,13 @@ def production_problem() -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests connect to PostgreSQL as its superuser; the role check of the serving processes
+    # (enterprise_ai/db_role.py), which in-process Celery test workers also run, would refuse
+    # it. tests/production/test_database_roles.py proves the check with the documented roles.
+    settings.DATABASE_PRIVILEGED_ROLE = "allow"
+
+
 @pytest.hookimpl(trylast=True)  # after `-m` has deselected what this run does not include
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     production = [item for item in items if item.get_closest_marker("production")]
@@ -134,8 +141,11 @@ def outsider(db: None) -> Any:
 def _make_role_member(username: str, role: str) -> Any:
     from django.contrib.auth.models import Group
 
+    from audit.governed import governed_writes
+
     user = _make_user(username)
-    user.groups.add(Group.objects.get(name=role))
+    with governed_writes(reason="test fixture"):  # set-up, not an event under test
+        user.groups.add(Group.objects.get(name=role))
     return user
 
 

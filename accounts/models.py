@@ -12,6 +12,8 @@ from django.core.validators import MinValueValidator
 from django.db import models, transaction
 from django.db.models.functions import Lower
 
+from audit.governed import GovernedUserManager
+
 
 class User(AbstractUser):
     """A member of staff. `public_id` is the only identifier that leaves the server."""
@@ -38,6 +40,8 @@ class User(AbstractUser):
     # Erased on a privacy request (accounts/erasure.py): names, e-mail and content are gone,
     # the account is a placeholder `erased-<id>` kept for the ledger and the audit trail.
     erased_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedUserManager()  # type: ignore[misc]
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"

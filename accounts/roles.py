@@ -106,8 +106,16 @@ def roles_sync(apps: Any) -> None:
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = original
 
+    from audit.governed import governed_writes
+
     group_model = apps.get_model("auth", "Group")
     permission_model = apps.get_model("auth", "Permission")
+    # Run by data migrations: the role definitions are the code above and its history.
+    with governed_writes(reason="roles_sync"):
+        _roles_sync(group_model, permission_model)
+
+
+def _roles_sync(group_model: Any, permission_model: Any) -> None:
     for name, codes in ROLES.items():
         group, _ = group_model.objects.get_or_create(name=name)
         permissions = [

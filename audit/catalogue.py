@@ -52,6 +52,7 @@ class AuditAction(models.TextChoices):
     AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
     CHAIN_VERIFIED = "audit.chain_verified", "Audit chain verified"
     ENCRYPTION_KEYS_ROTATED = "encryption.keys_rotated", "Encryption keys rotated"
+    BULK_WRITE = "data.bulk_write", "Governed records written in bulk (queryset write)"
     # Costs
     BUDGET_REFUSED = "budget.refused", "Request refused by a budget"
     BUDGET_ALERT = "budget.alert", "Alert-only budget exceeded"

@@ -21,6 +21,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from audit.catalogue import AuditAction
+from audit.governed import governed_writes
 from audit.services import audit_record
 
 
@@ -68,6 +69,11 @@ class AuditedAdminMixin:
                 action=AuditAction.ADMIN_DELETE, target=obj, details={"object": str(obj)[:200]}
             )
         return entries
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        # "Delete selected": each object's deletion is recorded by log_deletions just before.
+        with governed_writes(reason="admin.delete_selected"):
+            super().delete_queryset(request, queryset)  # type: ignore[misc]
 
     def response_action(self, request: HttpRequest, queryset: Any) -> Any:
         # Bulk actions (delete selected) change and audit in one transaction.

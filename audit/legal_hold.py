@@ -20,6 +20,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 
 from audit.catalogue import AuditAction
+from audit.governed import governed_writes
 from audit.services import audit_record
 
 REASON_MAX = 500
@@ -40,7 +41,8 @@ def legal_hold_set(*, actor: Any, obj: Any, held: bool, reason: str) -> bool:
         return False
     since = timezone.now() if held else None
     # update(): a hold is not an edit (a conversation's updated_at orders its owner's list).
-    model.objects.filter(pk=obj.pk).update(legal_hold=held, legal_hold_since=since)
+    with governed_writes(reason="legal_hold"):  # audited below
+        model.objects.filter(pk=obj.pk).update(legal_hold=held, legal_hold_since=since)
     obj.legal_hold, obj.legal_hold_since = held, since
     audit_record(
         action=AuditAction.LEGAL_HOLD_SET if held else AuditAction.LEGAL_HOLD_RELEASED,

@@ -1,9 +1,10 @@
 """Sign-in events, recorded from Django's and axes' signals (connected in AuditConfig.ready).
 
 Passwords never reach these receivers (Django cleanses the credentials), but people do type
-a password into the user name field. So a failed sign-in names the account only when the name
-is an existing account's user name or e-mail; any other name is kept as a keyed fingerprint
-and its length, which correlates repeated attempts without revealing what was typed.
+a password into the user name field. So a failed sign-in, and a lockout, names the account
+only when the name is an existing account's user name or e-mail; any other name is kept as a
+keyed fingerprint and its length, which correlates repeated attempts without revealing what
+was typed.
 """
 
 from __future__ import annotations
@@ -29,13 +30,6 @@ def _context(request: Any) -> audit_context.AuditContext:
     if request is None:
         return audit_context.current()
     return audit_context.from_request(request)
-
-
-def _claimed_user(username: str) -> Any:
-    if not username:
-        return None
-    model = get_user_model()
-    return model.objects.filter(**{f"{model.USERNAME_FIELD}__iexact": username}).first()
 
 
 def _account_named(typed: str) -> Any:
@@ -75,21 +69,25 @@ def record_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
     audit_record(action=AuditAction.LOGOUT, actor=user, target=user, context=_context(request))
 
 
+def _typed_name_details(typed: str) -> tuple[Any, dict[str, Any]]:
+    """The account a typed user name names, and what may be stored about the name: the
+    account's own user name when it names one, else a keyed fingerprint and the length."""
+    claimed = _account_named(typed[:USERNAME_MAX])
+    if claimed is not None:
+        return claimed, {"username": claimed.get_username(), "known_user": True}
+    # Possibly a password typed into the wrong field: never stored as typed.
+    return None, {
+        "known_user": False,
+        "username_fingerprint": username_fingerprint(typed),
+        "username_length": len(typed),
+    }
+
+
 @receiver(user_login_failed, dispatch_uid="audit_login_failed")
 def record_login_failed(
     sender: Any, credentials: dict[str, Any], request: Any = None, **kwargs: Any
 ) -> None:
-    typed = str(credentials.get("username") or "")
-    claimed = _account_named(typed[:USERNAME_MAX])
-    details: dict[str, Any]
-    if claimed is not None:
-        details = {"username": claimed.get_username(), "known_user": True}
-    else:  # possibly a password typed into the wrong field: never stored as typed
-        details = {
-            "known_user": False,
-            "username_fingerprint": username_fingerprint(typed),
-            "username_length": len(typed),
-        }
+    claimed, details = _typed_name_details(str(credentials.get("username") or ""))
     audit_record(
         action=AuditAction.LOGIN_FAILED,
         actor=None,
@@ -102,12 +100,14 @@ def record_login_failed(
 
 @receiver(user_locked_out, dispatch_uid="audit_lockout")
 def record_lockout(sender: Any, request: Any, username: str, **kwargs: Any) -> None:
-    username = str(username or "")[:USERNAME_MAX]
+    # axes locks out by the name as typed, which may be a password typed into the wrong
+    # field: stored like auth.login_failed's.
+    claimed, details = _typed_name_details(str(username or ""))
     audit_record(
         action=AuditAction.LOCKOUT,
         actor=None,
-        target=_claimed_user(username),
+        target=claimed,
         outcome=AuditOutcome.DENIED,
-        details={"username": username},
+        details=details,
         context=_context(request),
     )

@@ -144,12 +144,15 @@ def _poll_stops(tracked: list[Tracked]) -> None:
 
 
 def _heartbeat(pks: list[int]) -> None:
+    from audit.governed import governed_writes
     from conversations.models import Message
 
     try:
-        Message.objects.filter(pk__in=pks, status=Message.Status.STREAMING).update(
-            heartbeat_at=timezone.now()
-        )
+        # A liveness stamp, every few seconds per process: not an event.
+        with governed_writes(reason="reply.heartbeat"):
+            Message.objects.filter(pk__in=pks, status=Message.Status.STREAMING).update(
+                heartbeat_at=timezone.now()
+            )
     except Exception as exc:  # the database restarting: the next beat tries again
         warn.warning("reply heartbeat not written: %s", type(exc).__name__)
     finally:

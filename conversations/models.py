@@ -8,6 +8,7 @@ from django.conf import settings
 from django.db import models
 
 from protection.fields import EncryptedJSONField, EncryptedTextField
+from audit.governed import GovernedManager
 
 
 class Conversation(models.Model):
@@ -130,6 +131,9 @@ class Message(models.Model):
     # a streaming reply whose heartbeat stopped is failed as interrupted by the sweeper.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedManager()
 
     class Meta:
         indexes = [

@@ -24,6 +24,7 @@ from django.utils import timezone
 from accounts.models import User
 from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.governed import governed_writes
 from audit.services import audit_record
 from conversations import selectors, streams
 from conversations.errors import ChatError, not_found
@@ -243,6 +244,7 @@ def _interrupted_calls(reply: Message) -> list[CallUsage]:
     ]
 
 
+@governed_writes(reason="reply.interrupted")  # audited per reply below
 def _fail_interrupted(replies: QuerySet[Message]) -> int:
     """Fail replies whose worker evidently died: each in its own transaction, recorded in
     the audit trail, its holds released (or an estimate charged when text had streamed),
@@ -708,6 +710,7 @@ def conversation_create(
     return conversation
 
 
+@governed_writes(reason="conversation.deleted")  # audited with the count
 def conversation_delete(*, actor: User, public_id: UUID) -> Conversation:
     """Delete one of the actor's conversations: its title and every message's text, tool
     calls and notices are erased and it disappears from every list, page and API answer.
@@ -799,6 +802,7 @@ def reply_stop(*, actor: User, message_id: UUID) -> Message:
     return reply
 
 
+@governed_writes(reason="reply.cancelled")  # audited when it ends
 def _reply_stop(reply: Message) -> None:
     if reply.status == Message.Status.STREAMING:
         streams.stop_request(reply.public_id)
@@ -818,6 +822,7 @@ def _reply_stop(reply: Message) -> None:
     # A streaming reply's cancellation is recorded by its worker when it settles.
 
 
+@governed_writes(reason="reply.claimed")  # the reply's end is audited
 def reply_claim(*, reply_id: int) -> Message | None:
     """Mark a pending reply as streaming, for exactly one worker.
 
@@ -854,6 +859,7 @@ class ReplyOutcome:
     calls: list[CallUsage] = field(default_factory=list)
 
 
+@governed_writes(reason="reply.finished")  # audited by _audit_reply_end
 def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
     """Store how a streaming reply ended and tell its sockets (`done` or `error`).
 

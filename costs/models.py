@@ -12,6 +12,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from audit.governed import GovernedManager
+
 MICRO = Decimal("0.000001")
 
 
@@ -40,6 +42,9 @@ class ModelPrice(models.Model):
     )
     currency = models.CharField(max_length=3, default=ledger_currency)
     effective_from = models.DateTimeField()
+
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedManager()
 
     class Meta:
         ordering = ["model", "-effective_from"]
@@ -168,6 +173,9 @@ class Budget(models.Model):
     )
     action = models.CharField(max_length=8, choices=Action.choices, default=Action.BLOCK)
     enabled = models.BooleanField(default=True)
+
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedManager()
 
     class Meta:
         ordering = ["scope", "name"]

@@ -15,6 +15,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import (
     beat_init,
+    worker_init,
     worker_process_init,
     worker_ready,
     worker_shutdown,
@@ -28,6 +29,37 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "enterprise_ai.settings")
 app = Celery("enterprise_ai")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+def _refuse_a_privileged_role_in_the_worker(**_: Any) -> None:
+    _role_check("the Celery worker")
+
+
+@beat_init.connect
+def _refuse_a_privileged_role_in_beat(**_: Any) -> None:
+    _role_check("Celery beat")
+
+
+def _role_check(process: str) -> None:
+    """Never run as a database role that could rewrite the audit trail (docs/audit.md).
+
+    Celery logs and swallows exceptions raised by signal handlers; SystemExit ends the
+    process, before it takes a task or schedules one, with the reason on stderr.
+    """
+    import sys
+
+    import django
+
+    django.setup()
+    from enterprise_ai import db_role
+
+    try:
+        db_role.role_check(process=process)
+    except db_role.PrivilegedRoleError as exc:
+        # The real stderr: beat has redirected sys.stderr to its logger by now.
+        print(f"ERROR: {exc}", file=sys.__stderr__ or sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 @worker_ready.connect

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -175,6 +176,40 @@ DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", 20, min_value=1)
 # Seconds a thread waits for a free pooled connection before its request fails.
 DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", 30, min_value=1)
 DATABASE_POOL = env.bool("DATABASE_POOL", True)
+# What the web server, the workers and beat do on PostgreSQL when their login role is a
+# superuser, owns an audit table or may TRUNCATE one (enterprise_ai/db_role.py; docs/audit.md,
+# "Database roles"): `demote` (every connection runs SET ROLE DATABASE_APP_ROLE, the role
+# `migrate` creates when it may), `refuse` (production with the documented login roles), or
+# `allow` (development and tests). DATABASE_ALLOW_PRIVILEGED_ROLE=true is the older `allow`.
+DATABASE_PRIVILEGED_ROLE_MODES = ("demote", "refuse", "allow")
+DATABASE_PRIVILEGED_ROLE = env.str("DATABASE_PRIVILEGED_ROLE", "").strip().lower()
+if DATABASE_PRIVILEGED_ROLE and DATABASE_PRIVILEGED_ROLE not in DATABASE_PRIVILEGED_ROLE_MODES:
+    raise ImproperlyConfigured(
+        "DATABASE_PRIVILEGED_ROLE must be demote, refuse or allow, "
+        f"not {DATABASE_PRIVILEGED_ROLE!r}."
+    )
+if "DATABASE_ALLOW_PRIVILEGED_ROLE" in os.environ:
+    _allow = "allow" if env.bool("DATABASE_ALLOW_PRIVILEGED_ROLE", False) else ""
+    if _allow and DATABASE_PRIVILEGED_ROLE not in {"", "allow"}:
+        raise ImproperlyConfigured(
+            "DATABASE_ALLOW_PRIVILEGED_ROLE=true means DATABASE_PRIVILEGED_ROLE=allow, but "
+            f"DATABASE_PRIVILEGED_ROLE is {DATABASE_PRIVILEGED_ROLE!r}: set only one of them."
+        )
+    if DATABASE_PRIVILEGED_ROLE == "allow" and not _allow:
+        raise ImproperlyConfigured(
+            "DATABASE_PRIVILEGED_ROLE=allow contradicts DATABASE_ALLOW_PRIVILEGED_ROLE=false: "
+            "set only one of them."
+        )
+    DATABASE_PRIVILEGED_ROLE = DATABASE_PRIVILEGED_ROLE or _allow
+DATABASE_PRIVILEGED_ROLE = DATABASE_PRIVILEGED_ROLE or "demote"
+# The role a demoted process runs as (SET ROLE); `migrate` creates it (NOLOGIN) and grants
+# it the application's rights when it runs as a superuser or a role with CREATEROLE.
+DATABASE_APP_ROLE = env.str("DATABASE_APP_ROLE", "enterprise_ai_app").strip()
+if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", DATABASE_APP_ROLE):
+    raise ImproperlyConfigured(
+        "DATABASE_APP_ROLE must be a plain PostgreSQL role name (letters, digits, _ and $, "
+        f"at most 63 characters), not {DATABASE_APP_ROLE!r}."
+    )
 
 if DATABASE_URL:
     DATABASES: dict[str, dict[str, Any]] = {"default": environ.Env.db_url_config(DATABASE_URL)}

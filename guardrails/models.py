@@ -7,6 +7,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from audit.governed import GovernedManager
 from guardrails import dlp
 
 
@@ -69,6 +70,9 @@ class GuardrailPolicy(models.Model):
         "(see docs/guardrails.md for the rules and their weights).",
     )
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedManager()
 
     class Meta:
         verbose_name = "guardrail policy"

@@ -10,6 +10,8 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from audit.governed import GovernedManager
+
 PROVIDER_CHOICES = [
     ("demo", "Demo (offline)"),
     ("bedrock", "AWS Bedrock"),
@@ -66,6 +68,9 @@ class AIModel(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    # Queryset writes are audited unless a service that audits them says so (audit.governed).
+    objects = GovernedManager()
 
     class Meta:
         verbose_name = "AI model"

@@ -137,6 +137,10 @@ def base_env(
         SECURE_HSTS_SECONDS="0",
         DEBUG="false",
         LOG_LEVEL="INFO",
+        # The tests connect as PostgreSQL's superuser, which the processes refuse otherwise
+        # (enterprise_ai/db_role.py); tests/production/test_database_roles.py proves the
+        # documented roles instead.
+        DATABASE_PRIVILEGED_ROLE="allow",
     )
     env.update(overrides)
     return env

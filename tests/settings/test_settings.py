@@ -271,3 +271,61 @@ def test_a_malformed_encryption_master_key_is_refused(tmp_path: Path) -> None:
     assert "too-short" not in error
     error = failure_of(tmp_path, ENCRYPTION_PREVIOUS_MASTER_KEYS=f"{MASTER_KEY},nope")
     assert "ENCRYPTION_PREVIOUS_MASTER_KEYS must be a 256-bit key" in error
+ROLE_PROBE = (
+    "import json, enterprise_ai.settings as s; "
+    "print(json.dumps([s.DATABASE_PRIVILEGED_ROLE, s.DATABASE_APP_ROLE]))"
+)
+ROLE_VARIABLES = ("DATABASE_PRIVILEGED_ROLE", "DATABASE_ALLOW_PRIVILEGED_ROLE", "DATABASE_APP_ROLE")
+
+
+def role_settings(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    return run_python(tmp_path, ["-c", ROLE_PROBE], unset=ROLE_VARIABLES, **variables)
+
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({}, ["demote", "enterprise_ai_app"]),
+        ({"DATABASE_PRIVILEGED_ROLE": "Refuse"}, ["refuse", "enterprise_ai_app"]),
+        ({"DATABASE_PRIVILEGED_ROLE": "allow"}, ["allow", "enterprise_ai_app"]),
+        # The older spelling of allow, alone or agreeing.
+        ({"DATABASE_ALLOW_PRIVILEGED_ROLE": "true"}, ["allow", "enterprise_ai_app"]),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "true", "DATABASE_PRIVILEGED_ROLE": "allow"},
+            ["allow", "enterprise_ai_app"],
+        ),
+        ({"DATABASE_ALLOW_PRIVILEGED_ROLE": "false"}, ["demote", "enterprise_ai_app"]),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "false", "DATABASE_PRIVILEGED_ROLE": "refuse"},
+            ["refuse", "enterprise_ai_app"],
+        ),
+        ({"DATABASE_APP_ROLE": "eai_app$1"}, ["demote", "eai_app$1"]),
+    ],
+)
+def test_the_privileged_role_modes(tmp_path: Path, variables: dict, expected: list) -> None:
+    result = role_settings(tmp_path, **variables)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == expected
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        ({"DATABASE_PRIVILEGED_ROLE": "drop"}, "must be demote, refuse or allow"),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "true", "DATABASE_PRIVILEGED_ROLE": "refuse"},
+            "set only one of them",
+        ),
+        (
+            {"DATABASE_ALLOW_PRIVILEGED_ROLE": "false", "DATABASE_PRIVILEGED_ROLE": "allow"},
+            "set only one of them",
+        ),
+        ({"DATABASE_APP_ROLE": 'app"; DROP TABLE x; --'}, "plain PostgreSQL role name"),
+    ],
+)
+def test_contradictory_or_bad_privileged_role_settings_are_refused(
+    tmp_path: Path, variables: dict, message: str
+) -> None:
+    result = role_settings(tmp_path, **variables)
+    assert result.returncode != 0
+    assert message in result.stderr.strip().splitlines()[-1]

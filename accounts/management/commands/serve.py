@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from conversations import inflight
-from enterprise_ai import daphne_server, scheduler
+from enterprise_ai import daphne_server, db_role, scheduler
 
 
 class Command(BaseCommand):
@@ -23,6 +23,11 @@ class Command(BaseCommand):
         parser.add_argument("--port", default="8000")
 
     def handle(self, *args: Any, host: str, port: str, **options: Any) -> None:
+        # Never as a role that could rewrite the audit trail (PostgreSQL; docs/audit.md).
+        try:
+            db_role.role_check(process="the web server")
+        except db_role.PrivilegedRoleError as exc:
+            raise CommandError(str(exc)) from None
         # Every web process fails replies whose worker died (conversations/inflight.py).
         inflight.start_sweeping()
         if settings.TASK_DISPATCH == "thread":
