@@ -193,6 +193,9 @@ class PendingAuditEvent(models.Model):
     target_id = models.CharField(max_length=64, blank=True)
     outcome = models.CharField(max_length=16)
     details = models.JSONField(default=dict, blank=True)
+    # The person the event is about (audit.personal.subject_of), whose key seals its personal
+    # details when it is chained. A plain id, not a key: it must not hold the person's row.
+    subject_id = models.BigIntegerField(null=True, blank=True)
 
     objects = PendingQuerySet.as_manager()
 

@@ -193,12 +193,22 @@ def seal_fields(fields: dict[str, Any], *, actor_id: int | None, subject_id: int
             fields["actor_email"] = SEALED_PREFIX + _seal(key, own, aad=aad, subject_id=actor_id)
             if "ip" in own:
                 fields["ip"] = None
+        elif own and "ip" in own:
+            # Erased: an event recorded just before the erasure and chained after it (the
+            # deferred write path) must not keep the address in clear.
+            fields["ip"] = None
     details = fields.get("details")
     if subject_id is None or not isinstance(details, dict):
         return
     named = {name: details[name] for name in sorted(PERSONAL_DETAIL_KEYS) if name in details}
     key = _sealing_key(subject_id) if named else None
     if key is None:
+        if named:
+            # Erased: details recorded before the erasure and chained after it are dropped,
+            # never stored in clear.
+            remaining = {name: value for name, value in details.items() if name not in named}
+            remaining["personal_data"] = ERASED
+            fields["details"] = remaining
         return
     aad = _aad(sequence=sequence, subject_id=subject_id, part="details")
     remaining = {name: value for name, value in details.items() if name not in named}

@@ -282,6 +282,7 @@ def _record_pending(spec: EventSpec, *, now: datetime) -> AuditEvent:
         target_id=str(spec.target_id)[:64],
         outcome=str(spec.outcome),
         details=chain.normalise_details(spec.details),
+        subject_id=spec.subject_id,
     )
     row.save(force_insert=True)
     _chain_after_commit()
@@ -354,6 +355,7 @@ def _spec_of(row: PendingAuditEvent) -> EventSpec:
         target_type=row.target_type,
         target_id=row.target_id,
         details=row.details,
+        subject_id=row.subject_id,
     )
 
 

@@ -15,7 +15,7 @@ class Migration(migrations.Migration):
         # roles_sync gives each role exactly the permissions that exist: every app with role
         # permissions must be migrated first.
         ("admin", "0003_logentry_add_action_flag_choices"),
-        ("audit", "0009_subject_keys_erasure"),
+        ("audit", "0012_subject_keys_erasure"),
         ("auth", "0012_alter_user_first_name_max_length"),
         ("axes", "0010_accessattemptexpiration"),
         ("conversations", "0010_encrypt_transcripts"),

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0008_catalogue_encryption_actions'),
+        ("audit", "0011_catalogue_encryption_actions"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

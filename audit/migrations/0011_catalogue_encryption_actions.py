@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('audit', '0007_refuse_truncate'),
+        ("audit", "0010_retention_actions"),
     ]
 
     operations = [

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('conversations', '0009_message_api_key'),
+        ("conversations", "0010_encrypt_transcripts"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

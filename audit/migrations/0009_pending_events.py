@@ -51,7 +51,7 @@ def drop_trigger(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("audit", "0007_refuse_truncate"),
+        ("audit", "0008_event_key_id"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
