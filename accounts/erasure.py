@@ -31,6 +31,7 @@ from accounts import sessions
 from accounts.models import ApiKey, User, UserSession
 from audit import personal
 from audit.catalogue import AuditAction, AuditOutcome
+from audit.governed import governed_writes
 from audit.services import audit_record
 
 REASON_MAX = 500
@@ -226,8 +227,12 @@ def person_erase(*, actor: Any, person: User, reason: str) -> ErasureResult:
             )
         if refusal is None:
             now = timezone.now()
-            counts = _erase_content(person, now)
-            counts.update(_erase_traces(person, sign_in_names=sign_in_names, now=now, actor=actor))
+            # One person.erased event records what these bulk writes did.
+            with governed_writes(reason="erasure: recorded as person.erased with its counts"):
+                counts = _erase_content(person, now)
+                counts.update(
+                    _erase_traces(person, sign_in_names=sign_in_names, now=now, actor=actor)
+                )
             placeholder = PLACEHOLDER.format(pk=person.pk)
             person.username = placeholder
             person.email = ""

@@ -686,7 +686,7 @@ AUDIT_CHAIN_SWEEP_SECONDS = env.int("AUDIT_CHAIN_SWEEP_SECONDS", 10, min_value=1
 # id, ARN or alias; credentials from the standard AWS chain); otherwise a local 256-bit key,
 # written as base64 or 64 hex digits (ENCRYPTION_MASTER_KEY, or ENCRYPTION_MASTER_KEY_FILE).
 # The embedded default creates `.local/encryption_master_key` (0600) on first use; the
-# production path refuses to start with neither.
+# production path with neither derives one from AUDIT_HMAC_KEY (below).
 ENCRYPTION_KMS_KEY_ID = env.str("ENCRYPTION_KMS_KEY_ID")
 ENCRYPTION_KMS_REGION = env.str("ENCRYPTION_KMS_REGION") or env.str("AWS_REGION")
 ENCRYPTION_KMS_ENDPOINT_URL = env.str("ENCRYPTION_KMS_ENDPOINT_URL")
@@ -712,17 +712,41 @@ def _check_master_keys() -> None:
             ) from None
 
 
+def _derived_master_key(audit_key: str) -> str:
+    """A local master key derived from an audit key (HMAC-SHA256 under a label of its own),
+    written as URL-safe base64: the production path's fallback when neither KMS nor a master
+    key is configured, so every process that shares AUDIT_HMAC_KEY shares it too."""
+    import base64
+    import hashlib
+    import hmac
+
+    raw = hmac.new(
+        audit_key.encode("utf-8"), b"enterprise-ai/encryption-master-key/v1", hashlib.sha256
+    ).digest()
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
 _check_master_keys()
+# True when the master key is derived from AUDIT_HMAC_KEY (logged as a warning at start-up).
+ENCRYPTION_MASTER_KEY_DERIVED = False
 if ENCRYPTION_KMS_KEY_ID or ENCRYPTION_MASTER_KEY:
     ENCRYPTION_MASTER_KEY_LOCAL_FILE = ""
 elif EMBEDDED:
     ENCRYPTION_MASTER_KEY_LOCAL_FILE = str(LOCAL_DIR / "encryption_master_key")
 else:
-    raise ImproperlyConfigured(
-        "Encryption at rest needs a master key when DATABASE_URL, REDIS_URL or "
-        "CELERY_BROKER_URL is set: ENCRYPTION_KMS_KEY_ID (AWS KMS) or ENCRYPTION_MASTER_KEY "
-        "(or ENCRYPTION_MASTER_KEY_FILE). docs/data-protection.md, 'Keys and KMS'."
-    )
+    # The production path with neither: the master key is derived from AUDIT_HMAC_KEY, which
+    # it already requires and which every process shares (one secret to provision); retired
+    # audit keys give the retired master keys, so rotating AUDIT_HMAC_KEY keeps transcripts
+    # readable until `rotate_encryption_keys` has run. Whoever holds the audit key can then
+    # also read transcripts: set ENCRYPTION_MASTER_KEY or ENCRYPTION_KMS_KEY_ID to keep the
+    # two apart (docs/data-protection.md, "Keys and KMS").
+    ENCRYPTION_MASTER_KEY_LOCAL_FILE = ""
+    ENCRYPTION_MASTER_KEY = _derived_master_key(AUDIT_HMAC_KEY)
+    ENCRYPTION_PREVIOUS_MASTER_KEYS = [
+        *ENCRYPTION_PREVIOUS_MASTER_KEYS,
+        *(_derived_master_key(key) for key in AUDIT_HMAC_PREVIOUS_KEYS if key),
+    ]
+    ENCRYPTION_MASTER_KEY_DERIVED = True
 # Unwrapped data keys kept in each process's memory (entries, seconds): a page of messages
 # costs one unwrap per data key, and a retired master key stops working within the TTL.
 ENCRYPTION_KEY_CACHE_SIZE = env.int("ENCRYPTION_KEY_CACHE_SIZE", 1000, min_value=0)

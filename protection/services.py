@@ -13,6 +13,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from audit.catalogue import AuditAction, AuditOutcome
+from audit.governed import governed_writes
 from audit.services import audit_record
 from protection import datakeys, keyring
 from protection.aead import ProtectionError
@@ -136,7 +137,10 @@ def transcripts_reencrypt(
             unreadable = sum(
                 1 for row in batch for name in names if unreadable_code(getattr(row, name))
             )
-            with transaction.atomic():
+            with (
+                transaction.atomic(),
+                governed_writes(reason="re-encryption: recorded as encryption.keys_rotated"),
+            ):
                 model._default_manager.bulk_update(batch, names)
                 _audit(
                     "reencrypt",

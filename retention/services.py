@@ -32,6 +32,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
+from audit.governed import governed_writes
 from audit.services import audit_record
 from conversations.models import Conversation, Message
 from retention import rules as retention_rules
@@ -189,6 +190,7 @@ def _apply_rule(
     outcome.capped = todo.exclude(pk__in=skipped).exists()
 
 
+@governed_writes(reason="retention: the run records retention.applied with its counts")
 def _act(ids: list[int], *, action: str, now: dt.datetime, key: str) -> int:
     """Erase or remove the (locked) conversations; return the messages erased or removed.
     Queryset updates: retention never moves a conversation's `updated_at`."""

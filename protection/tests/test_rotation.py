@@ -15,7 +15,8 @@ from django.db import connection
 from audit.catalogue import AuditAction
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
-from protection import aead, datakeys
+from audit import personal
+from protection import aead, datakeys, keyring
 from protection.keyfile import generate_master_key
 from protection.models import DataKey
 from protection.tests.test_keyring import _forget_kms_key
@@ -50,9 +51,10 @@ def test_local_master_key_rotation(turn: Any, local_master: str, settings: Any) 
     assert transcript() == before
     turn("Written after the new key")  # new writes work meanwhile
 
-    # Step 2: re-wrap every data key under the new master key.
+    # Step 2: re-wrap every data key (and the people's audit keys) under the new master key.
     output = rotate()
     assert "1 data keys re-wrapped" in output
+    assert "1 people's audit keys re-wrapped, 0 failed" in output
     event = AuditEvent.objects.filter(action=AuditAction.ENCRYPTION_KEYS_ROTATED).get()
     assert event.details["rewrapped"] == 1 and event.details["failed"] == 0
     assert DataKey.objects.get().rotated_at is not None
@@ -62,6 +64,11 @@ def test_local_master_key_rotation(turn: Any, local_master: str, settings: Any) 
     datakeys.clear_cache()
     assert transcript()[:2] == before and len(transcript()) == 4
     assert Conversation.objects.filter(title="").count() == 0
+    # The sender's sealed e-mail in the audit trail still opens (audit/personal.py).
+    keyring.clear_cache()
+    sent = AuditEvent.objects.filter(action=AuditAction.MESSAGE_SENT).first()
+    assert sent is not None and sent.actor_email.startswith(personal.SEALED_PREFIX)
+    assert personal.reveal(sent).actor_email == sent.actor.email.lower()
 
     # Idempotent: nothing left to re-wrap.
     assert "0 data keys re-wrapped, 1 already under it" in rotate()

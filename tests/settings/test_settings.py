@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import stat
 import subprocess
@@ -241,16 +244,42 @@ class TestEnv:
             Env({"TOKEN_FILE": str(tmp_path / "missing")}).str("TOKEN")
 
 
-def test_production_refuses_to_start_without_an_encryption_master_key(tmp_path: Path) -> None:
-    error = failure_of(
-        tmp_path,
-        DATABASE_URL="postgres://app@db/eai",
-        SECRET_KEY=PRODUCTION_KEY,
-        AUDIT_HMAC_KEY=AUDIT_KEY,
-        ALLOWED_HOSTS="ai.example.com",
+ENCRYPTION_PROBE = (
+    "import json, enterprise_ai.settings as s; print(json.dumps([s.ENCRYPTION_MASTER_KEY, "
+    "s.ENCRYPTION_PREVIOUS_MASTER_KEYS, s.ENCRYPTION_MASTER_KEY_DERIVED, "
+    "s.ENCRYPTION_MASTER_KEY_LOCAL_FILE]))"
+)
+
+
+def derived(audit_key: str) -> str:
+    raw = hmac.new(
+        audit_key.encode(), b"enterprise-ai/encryption-master-key/v1", hashlib.sha256
+    ).digest()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def test_production_without_a_master_key_derives_one_from_the_audit_key(tmp_path: Path) -> None:
+    production = {
+        "DATABASE_URL": "postgres://app@db/eai",
+        "SECRET_KEY": PRODUCTION_KEY,
+        "AUDIT_HMAC_KEY": AUDIT_KEY,
+        "AUDIT_HMAC_PREVIOUS_KEYS": "b" * 48,
+        "ALLOWED_HOSTS": "ai.example.com",
+    }
+    result = run_python(tmp_path, ["-c", ENCRYPTION_PROBE], **production)
+    assert result.returncode == 0, result.stderr
+    key, previous, is_derived, local_file = json.loads(result.stdout.strip().splitlines()[-1])
+    # Every process sharing AUDIT_HMAC_KEY derives the same key, a valid 256-bit one; the
+    # retired audit key gives the retired master key; no key file is written.
+    assert is_derived is True and key == derived(AUDIT_KEY) and previous == [derived("b" * 48)]
+    assert len(base64.urlsafe_b64decode(key)) == 32 and AUDIT_KEY not in key
+    assert local_file == "" and not (tmp_path / "local" / "encryption_master_key").exists()
+    # A configured key is used as it is, and is not derived.
+    result = run_python(
+        tmp_path, ["-c", ENCRYPTION_PROBE], **production, ENCRYPTION_MASTER_KEY=MASTER_KEY
     )
-    assert "ENCRYPTION_KMS_KEY_ID" in error and "ENCRYPTION_MASTER_KEY" in error
-    assert not (tmp_path / "local" / "encryption_master_key").exists()
+    key, previous, is_derived, _ = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (key, previous, is_derived) == (MASTER_KEY, [], False)
 
 
 def test_production_with_kms_needs_no_local_master_key(tmp_path: Path) -> None:
@@ -271,6 +300,8 @@ def test_a_malformed_encryption_master_key_is_refused(tmp_path: Path) -> None:
     assert "too-short" not in error
     error = failure_of(tmp_path, ENCRYPTION_PREVIOUS_MASTER_KEYS=f"{MASTER_KEY},nope")
     assert "ENCRYPTION_PREVIOUS_MASTER_KEYS must be a 256-bit key" in error
+
+
 ROLE_PROBE = (
     "import json, enterprise_ai.settings as s; "
     "print(json.dumps([s.DATABASE_PRIVILEGED_ROLE, s.DATABASE_APP_ROLE]))"

@@ -1,4 +1,5 @@
-"""Re-wrap every data key under the current master key (docs/data-protection.md, "Key rotation").
+"""Re-wrap every data key, and every person's audit key (audit/personal.py), under the current
+master key (docs/data-protection.md, "Key rotation").
 
     manage.py rotate_encryption_keys              # re-wrap data keys (idempotent)
     manage.py rotate_encryption_keys --reencrypt  # also move stored text to fresh data keys
@@ -13,6 +14,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from audit.personal import subject_keys_rewrap
 from protection.aead import ProtectionError
 from protection.services import DEFAULT_BATCH, data_keys_rewrap, transcripts_reencrypt
 
@@ -40,6 +42,17 @@ class Command(BaseCommand):
         )
         for key_id in report.failed:
             self.stderr.write(f"  could not re-wrap {key_id} (see the log for the reason)")
+        # The people's audit keys are wrapped by the same master key: re-wrapped with the data
+        # keys, so that retiring the old master key leaves no sealed audit field unreadable.
+        try:
+            people = subject_keys_rewrap(batch_size=batch_size)
+        except ProtectionError as exc:
+            raise CommandError(f"{exc} [{exc.code}]") from None
+        self.stdout.write(
+            f"{people.rewrapped} people's audit keys re-wrapped, {len(people.failed)} failed."
+        )
+        for user_id in people.failed:
+            self.stderr.write(f"  could not re-wrap the audit key of user #{user_id}")
         unreadable = 0
         if options["reencrypt"]:
             try:
@@ -53,5 +66,5 @@ class Command(BaseCommand):
                 f"{moved.retired} data keys retired; {moved.rows} rows sealed again under "
                 f"new data keys, {moved.unreadable} values unreadable and left as they were."
             )
-        if report.failed or unreadable:
+        if report.failed or people.failed or unreadable:
             raise SystemExit(1)
