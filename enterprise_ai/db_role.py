@@ -8,8 +8,9 @@ then happens is DATABASE_PRIVILEGED_ROLE's choice:
 
 - `demote` (the default), the way daemons drop privileges after binding their port: every
   connection the process opens runs `SET ROLE <DATABASE_APP_ROLE>` right after connecting
-  (on Django's `connection_created`, pooled or not), and the check runs again as that role. A role that does not exist, may not be assumed, lacks the
-  application's grants or is privileged itself refuses the start. `manage.py migrate`, run
+  (on Django's `connection_created`, pooled or not), and the check runs again as that
+  role. A role that does not exist, may not be assumed, lacks the application's grants or
+  is privileged itself refuses the start. `manage.py migrate`, run
   as a superuser or a role with CREATEROLE, creates that role and its grants
   (`app_role_ensure`, after every migrate).
 - `refuse`: the start is refused, with a message naming the documented role setup
