@@ -41,7 +41,17 @@ ROLE_SETUP_DOCS = 'docs/audit.md, "Database roles"'
 #: and append only) and Django's migration history (read only).
 APP_TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 AUDIT_TABLE_PRIVILEGES = "SELECT, INSERT"
+#: Audit tables that are not append-only, and the one further right each needs: the chainer
+#: deletes the pending events it has linked into the chain (a trigger refuses any other
+#: delete), and erasure destroys a person's audit key (audit/personal.py).
+AUDIT_TABLE_EXTRA = {"audit_pendingauditevent": "DELETE", "audit_subjectkey": "UPDATE"}
 MIGRATIONS_TABLE = "django_migrations"
+
+
+def audit_table_privileges(table: str) -> str:
+    """The application's rights on one audit table."""
+    extra = AUDIT_TABLE_EXTRA.get(table)
+    return f"{AUDIT_TABLE_PRIVILEGES}, {extra}" if extra else AUDIT_TABLE_PRIVILEGES
 
 
 class PrivilegedRoleError(Exception):
@@ -134,7 +144,7 @@ def _grants_missing(cursor: Any, tables: list[str]) -> list[str]:
         for table in tables
         for privilege in (
             "SELECT" if table == MIGRATIONS_TABLE
-            else AUDIT_TABLE_PRIVILEGES if table in audit
+            else audit_table_privileges(table) if table in audit
             else APP_TABLE_PRIVILEGES
         ).split(",")
     ]  # fmt: skip
@@ -337,7 +347,7 @@ def app_role_ensure(*, using: str = "default", stdout: Any = None) -> bool:
             for (schema,) in cursor.fetchall():
                 cursor.execute(f"GRANT USAGE ON SCHEMA {quote(schema)} TO {role}")
             plain = [quote(t) for t in tables if t not in audit and t != MIGRATIONS_TABLE]
-            kept = [quote(t) for t in tables if t in audit]
+            kept = [t for t in tables if t in audit]
             if plain:
                 cursor.execute(f"GRANT {APP_TABLE_PRIVILEGES} ON {', '.join(plain)} TO {role}")
                 cursor.execute(f"REVOKE TRUNCATE ON {', '.join(plain)} FROM {role}")
@@ -345,8 +355,10 @@ def app_role_ensure(*, using: str = "default", stdout: Any = None) -> bool:
                 cursor.execute(f"REVOKE ALL ON {quote(MIGRATIONS_TABLE)} FROM {role}")
                 cursor.execute(f"GRANT SELECT ON {quote(MIGRATIONS_TABLE)} TO {role}")
             if kept:
-                cursor.execute(f"REVOKE ALL ON {', '.join(kept)} FROM {role}")
-                cursor.execute(f"GRANT {AUDIT_TABLE_PRIVILEGES} ON {', '.join(kept)} TO {role}")
+                cursor.execute(f"REVOKE ALL ON {', '.join(quote(t) for t in kept)} FROM {role}")
+                for table in kept:
+                    rights = audit_table_privileges(table)
+                    cursor.execute(f"GRANT {rights} ON {quote(table)} TO {role}")
             # The sequences behind the tables' identity and serial columns.
             cursor.execute(
                 "SELECT DISTINCT s.oid::regclass::text FROM pg_class s "
