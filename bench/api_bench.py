@@ -767,7 +767,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r"concurrency:.*", worker.log_since(worker.start_offset)
             )[:1]
             services = {"web": web, "worker": worker}
-            store = Store(database=DB_NAME)
+            store = Store(database=DB_NAME, env=env)
 
             # Not counted: first connections, imports, caches of both paths.
             warm_up = {}

@@ -1267,7 +1267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             r"concurrency:.*", worker.log_since(worker.start_offset)
         )[:1]
         services = {"web": web, "worker": worker}
-        store = Store(database=DB_NAME)
+        store = Store(database=DB_NAME, env=prod_env)
         cookie, seconds = http_sign_in(base, "httpuser")
         results["http_sign_in_ms"] = round(seconds * 1000, 1)
         warm = warm_up(base, [("httpuser", cookie), *people[:2]], chat_timeout(3))
@@ -1365,7 +1365,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = f"http://127.0.0.1:{port}"
         embedded_web = start_web(embedded_env, port, log_dir, "embedded")
         running.append(embedded_web)
-        embedded_store = Store(embedded_dir / "db.sqlite3")
+        embedded_store = Store(embedded_dir / "db.sqlite3", env=embedded_env)
         warm_up(base, embedded_people[:2], chat_timeout(2))
         offset = 2
         for level in args.embedded_levels:

@@ -93,9 +93,18 @@ def on_sigterm(signum: int, frame: Any) -> None:
 class Store:
     """Read-only look-ups in the product's database (PostgreSQL or SQLite), outside Django."""
 
-    def __init__(self, sqlite_path: Path | None = None, *, database: str = "") -> None:
+    def __init__(
+        self,
+        sqlite_path: Path | None = None,
+        *,
+        database: str = "",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.sqlite_path = sqlite_path
         self.database = database  # PostgreSQL, when there is no SQLite path
+        # The product's environment: transcripts are encrypted at rest, so reply text is read
+        # through the product itself (its one read path), in a `manage.py shell` of its own.
+        self.env = env
 
     def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         if self.sqlite_path is not None:
@@ -112,7 +121,10 @@ class Store:
         return int(rows[0][0])
 
     def replies(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-        """public id (hex, no dashes) → (status, content)."""
+        """public id (hex, no dashes) → (status, content), the content as the product reads it
+        (decrypted) when the Store has the product's environment."""
+        if self.env is not None:
+            return self._replies_through_the_product(ids)
         found: dict[str, tuple[str, str]] = {}
         for start in range(0, len(ids), 200):
             chunk = [i.replace("-", "") for i in ids[start : start + 200]]
@@ -130,6 +142,28 @@ class Store:
                 rows = self._rows(query, chunk)
             found.update({str(r[0]): (str(r[1]), str(r[2])) for r in rows})
         return found
+
+    def _replies_through_the_product(self, ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        code = (
+            "import json, sys, uuid\n"
+            "from conversations.models import Message\n"
+            "ids = [uuid.UUID(i) for i in json.load(sys.stdin)]\n"
+            "rows = Message.objects.filter(public_id__in=ids).values_list("
+            "'public_id', 'status', 'content')\n"
+            "print(json.dumps({p.hex: [s, str(c)] for p, s, c in rows}))\n"
+        )
+        done = subprocess.run(  # noqa: S603  (fixed arguments, no shell)
+            [sys.executable, "manage.py", "shell", "-c", code],
+            input=json.dumps([i.replace("-", "") for i in ids]),
+            capture_output=True,
+            text=True,
+            env=self.env,
+            cwd=Path(__file__).resolve().parent.parent,
+            timeout=300,
+            check=True,
+        )
+        rows = json.loads(done.stdout.strip().splitlines()[-1])
+        return {key: (str(status), str(content)) for key, (status, content) in rows.items()}
 
     def audit_count(self, action: str, usernames: Sequence[str], since: datetime) -> int:
         rows = self._rows(

@@ -483,12 +483,13 @@ async def test_fifty_requests_over_socket_rest_and_openai_never_overshoot_a_budg
     replies = {prompt_of(r): r.reply for r in reached}
     for o in accepted:
         assert o.reply and o.reply == replies[text_of(o.n)], (o.n, o.entry, o.reply)
-    stored_replies = dict(
-        database.rows(
+    stored_replies = {
+        public_id: database.plaintext(content)
+        for public_id, content in database.rows(
             "SELECT public_id::text, content FROM conversations_message "
             "WHERE role = 'assistant' AND status = 'complete'"
         )
-    )
+    }
     assert len(stored_replies) == CALLS_THAT_FIT
     for o in accepted:
         assert stored_replies[str(uuid.UUID(o.reply_id))] == o.reply

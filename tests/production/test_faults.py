@@ -244,7 +244,8 @@ def stored(site: Site, reply: str) -> Stored:
         reply,
     )
     assert row, f"reply {reply} is not stored"
-    return Stored(*row[0])
+    pk, status, error_code, content = row[0]
+    return Stored(pk, status, error_code, site.database.plaintext(content))
 
 
 def settled_within(site: Site, reply: str, timeout: float) -> Stored:

@@ -326,7 +326,7 @@ def stored(proxied: Proxied, reply: str) -> tuple[str, str]:
         "SELECT status, content FROM conversations_message WHERE public_id = %s", reply
     )
     assert rows, f"reply {reply} is not stored"
-    return rows[0][0], rows[0][1]
+    return rows[0][0], proxied.database.plaintext(rows[0][1])
 
 
 def upstream_reply(proxied: Proxied, text: str) -> str:
