@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from audit.catalogue import AuditAction, AuditOutcome
 from audit.models import AppendOnlyError, AuditAnchor, AuditCheckpoint, AuditEvent
-from audit.services import audit_record, checkpoint_create
+from audit.services import audit_chain_flush, audit_record, checkpoint_create
 from audit.testing import forge_from, raw_sql, seed_events
 from audit.verify import verify_chain
 
@@ -66,7 +66,8 @@ def unguarded_events() -> Iterator[None]:
 
 def _one_row_of(table: str) -> int:
     """Create a row in `table` (through the services) and return its primary key."""
-    audit_record(action=AuditAction.LOGIN, actor=None)  # chained right after its commit
+    audit_record(action=AuditAction.LOGIN, actor=None)  # chained just after its commit
+    audit_chain_flush()  # by this process's chainer thread: wait for it
     if table == "audit_auditevent":
         return AuditEvent.objects.latest("sequence").sequence
     checkpoint = checkpoint_create()
@@ -124,7 +125,8 @@ def test_every_audit_table_has_its_trigger_enabled() -> None:
 
 def test_the_models_refuse_before_any_sql_is_sent() -> None:
     audit_record(action=AuditAction.LOGIN, actor=None, details={"n": 1})
-    event = AuditEvent.objects.get()  # chained right after its commit
+    audit_chain_flush()  # chained just after its commit, by a thread: wait for it
+    event = AuditEvent.objects.get()
     checkpoint = checkpoint_create()
     event.action = AuditAction.LOGOUT
     checkpoint.sequence = 99
