@@ -7,8 +7,8 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from protection.fields import EncryptedJSONField, EncryptedTextField
 from audit.governed import GovernedManager
+from protection.fields import EncryptedJSONField, EncryptedTextField
 
 
 class Conversation(models.Model):

@@ -12,10 +12,10 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
+from audit import personal
 from audit.catalogue import AuditAction
 from audit.models import AuditEvent
 from conversations.models import Conversation, Message
-from audit import personal
 from protection import aead, datakeys, keyring
 from protection.keyfile import generate_master_key
 from protection.models import DataKey
@@ -68,6 +68,7 @@ def test_local_master_key_rotation(turn: Any, local_master: str, settings: Any) 
     keyring.clear_cache()
     sent = AuditEvent.objects.filter(action=AuditAction.MESSAGE_SENT).first()
     assert sent is not None and sent.actor_email.startswith(personal.SEALED_PREFIX)
+    assert sent.actor is not None
     assert personal.reveal(sent).actor_email == sent.actor.email.lower()
 
     # Idempotent: nothing left to re-wrap.
