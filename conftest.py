@@ -89,10 +89,15 @@ def _fresh_local_cache() -> None:
 @pytest.fixture(autouse=True)
 def _fresh_data_keys() -> None:
     """Each test starts with no data key in memory: the database a previous test committed
-    this month's data key to is gone, so a key it cached must not seal this test's values."""
-    from protection import datakeys
+    this month's data key to is gone, so a key it cached must not seal this test's values.
+    The same holds for people's audit keys (cached by user id, and ids are reused after a
+    test's rollback) and the keyring's unwrapped keys."""
+    from audit import personal
+    from protection import datakeys, keyring
 
     datakeys.clear_cache()
+    personal.forget()
+    keyring.clear_cache()
 
 
 @pytest.fixture(scope="session")
