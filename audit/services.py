@@ -338,7 +338,8 @@ def _chain_now() -> None:
 
 def _chain_at_exit() -> None:
     # Waits for the chain lock (a chainer of another process may hold it), so what this
-    # process committed is in the chain when it has exited, not left for the sweep.
+    # process committed is in the chain when it has exited, not left for the sweep (its
+    # chainer may have found the lock taken by a chainer of a process that is exiting too).
     try:
         audit_chain_flush()
     except Exception as exc:

@@ -33,6 +33,7 @@ import costs.services
 from accounts.models import User
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.models import AuditEvent
+from audit.services import audit_chain_flush
 from conversations.errors import ChatError
 from conversations.generation import reply_generate
 from conversations.models import Conversation, Message
@@ -339,6 +340,7 @@ def test_fifty_concurrent_sends_never_overshoot_a_budget_that_fits_ten(
     assert Message.objects.filter(conversation__owner=owner).count() == 2 * CALLS_THAT_FIT
     assert sorted(dispatched) == sorted(replies)
 
+    audit_chain_flush()  # events committed by the senders' threads, chained just after
     refusals = AuditEvent.objects.filter(action=AuditAction.BUDGET_REFUSED)
     assert refusals.count() == SENDERS - CALLS_THAT_FIT
     assert set(refusals.values_list("actor_id", "target_type", "target_id", "outcome")) == {

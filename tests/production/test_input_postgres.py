@@ -12,6 +12,7 @@ import pytest
 from channels.db import database_sync_to_async
 
 from audit.models import AuditEvent
+from audit.services import audit_chain_flush
 from conversations.models import Message
 from tests.support import connected
 
@@ -32,10 +33,12 @@ async def test_a_nul_character_is_refused_as_invalid_and_stores_nothing(
     # The socket's own events (ws.connect, written just after the handshake) are left out.
     not_socket = AuditEvent.objects.exclude(action__startswith="ws.")
     comm = await connected(await database_sync_to_async(session_cookie)(owner))
+    await database_sync_to_async(audit_chain_flush)()
     events_before = await database_sync_to_async(not_socket.count)()
     with caplog.at_level(logging.ERROR):
         await comm.send_json_to(frame)
         answer = await comm.receive_json_from(timeout=10)
+    await database_sync_to_async(audit_chain_flush)()  # chained just after their commits
     events_after = await database_sync_to_async(not_socket.count)()
     await comm.disconnect()
 

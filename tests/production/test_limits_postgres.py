@@ -16,6 +16,7 @@ import conversations.services
 from accounts.models import User
 from audit.catalogue import AuditAction
 from audit.models import AuditEvent
+from audit.services import audit_chain_flush
 from conversations.errors import ChatError
 from conversations.models import Conversation, Message
 from conversations.services import SendResult, message_send
@@ -73,4 +74,5 @@ def test_concurrent_sends_never_exceed_the_per_minute_limit_in_redis(owner, sett
 
     assert (accepted, codes) == (5, {"rate_limited"})
     assert Message.objects.filter(role="user").count() == 5
+    audit_chain_flush()  # events committed by the senders' threads, chained just after
     assert AuditEvent.objects.filter(action=AuditAction.MESSAGE_RATE_LIMITED).count() == 1

@@ -216,6 +216,9 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
             # daphne's keepalive pings would cross nginx every 20 s and reset its timers: off
             # here (an hour), so the idle socket below is idle for real.
             WEBSOCKET_PING_SECONDS="3600",
+            # Signed-in people's addresses in clear, so the test reads the address the audit
+            # trail recorded over SQL (sealing them: audit/tests/test_personal.py).
+            AUDIT_SEAL_IP="false",
         )
         stack = Stack(workdir / "stack", env)
         try:

@@ -14,7 +14,7 @@ from django.db import connection, connections, transaction
 
 from audit.catalogue import AuditAction
 from audit.models import AuditEvent
-from audit.services import checkpoint_create
+from audit.services import audit_chain_flush, checkpoint_create
 from audit.verify import verify_chain
 from conversations.models import Conversation
 from costs.models import CostEntry
@@ -68,6 +68,7 @@ def test_two_concurrent_runs_erase_each_conversation_once(owner, colleague, sett
     assert all(is_erased(c) for c in conversations)
     assert is_intact(held)
     assert ConversationRetention.objects.filter(erased_at__isnull=False).count() == 40
+    audit_chain_flush()  # the runs' events, chained just after their commits
     events = list(AuditEvent.objects.filter(action=AuditAction.RETENTION_APPLIED))
     assert len(events) == 2  # one per run for the one policy
     assert sum(e.details["conversations_erased"] for e in events) == 40
