@@ -104,9 +104,14 @@ def _fresh_data_keys() -> None:
 def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
     """The test database as pytest-django makes it; before it is dropped, the connection
     pool (production settings) closes every connection, also those other threads (socket
-    database threads, the reply monitor) last used, so the drop finds no session on it."""
+    database threads, the reply monitor) last used, so the drop finds no session on it.
+    The audit chainer's flush at exit is cancelled too: by then the database is gone."""
     yield
     from django.db import connections
+
+    from audit.services import chainer_stop
+
+    chainer_stop()
 
     for connection in connections.all(initialized_only=True):
         close_pool = getattr(connection, "close_pool", None)  # PostgreSQL with a pool

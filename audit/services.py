@@ -336,14 +336,29 @@ def _chain_now() -> None:
         logger.warning("audit events left pending for the sweep: %s", type(exc).__name__)
 
 
+EXIT_FLUSH_SECONDS = 10.0
+
+
 def _chain_at_exit() -> None:
     # Waits for the chain lock (a chainer of another process may hold it), so what this
     # process committed is in the chain when it has exited, not left for the sweep (its
     # chainer may have found the lock taken by a chainer of a process that is exiting too).
-    try:
-        audit_chain_flush()
-    except Exception as exc:
-        logger.warning("audit events left pending for the sweep: %s", type(exc).__name__)
+    # Bounded: with the database unreachable the process still exits, and the sweep chains
+    # what is left.
+    def flush() -> None:
+        try:
+            audit_chain_flush()
+        except Exception as exc:
+            logger.warning("audit events left pending for the sweep: %s", type(exc).__name__)
+
+    worker = threading.Thread(target=flush, name="audit-chainer-exit", daemon=True)
+    worker.start()
+    worker.join(EXIT_FLUSH_SECONDS)
+
+
+def chainer_stop() -> None:
+    """Forget this process's exit flush (a test run, before it drops its database)."""
+    atexit.unregister(_chain_at_exit)
 
 
 class _Chainer:
