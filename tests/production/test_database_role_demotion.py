@@ -32,6 +32,7 @@ from tests.production.processes import (
     base_env,
     own_services,
     sign_in,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.production, pytest.mark.timeout(300)]
@@ -230,10 +231,17 @@ def test_a_superuser_started_web_server_and_worker_serve_as_the_app_role(site: S
 
     # The events the web server (sign-in, message) and the worker (reply) appended: each
     # written by a session that logged in as the superuser and ran as the app role.
-    served = site.sql(
-        "SELECT action, who, login FROM eai_role_probe "
-        "WHERE action IN ('auth.login', 'message.sent', 'reply.completed')"
-    )
+    # (Chained by each process's chainer thread just after the commit: wait for it.)
+    wanted = {"auth.login", "message.sent", "reply.completed"}
+
+    def probed() -> list[tuple[Any, ...]] | None:
+        rows = site.sql(
+            "SELECT action, who, login FROM eai_role_probe "
+            "WHERE action IN ('auth.login', 'message.sent', 'reply.completed')"
+        )
+        return rows if {row[0] for row in rows} >= wanted else None
+
+    served = wait_until(probed, timeout=15, what="the turn's audit events chained")
     assert {action for action, _, _ in served} == {"auth.login", "message.sent", "reply.completed"}
     assert {(who, login) for _, who, login in served} == {(site.app_role, "postgres")}
 

@@ -344,13 +344,19 @@ def upstream_reply(proxied: Proxied, text: str) -> str:
 
 
 def login_ips(proxied: Proxied, username: str) -> list[str]:
-    """The IP of each `auth.login` audit event of `username`."""
-    rows = proxied.database.rows(
-        "SELECT host(e.ip) FROM audit_auditevent e JOIN accounts_user u ON u.id = e.actor_id "
-        "WHERE e.action = 'auth.login' AND u.username = %s ORDER BY e.sequence",
-        username,
-    )
-    return [row[0] for row in rows]
+    """The IP of each `auth.login` audit event of `username`, once there is one (the web
+    process's chainer thread links events into the chain just after their commit)."""
+
+    def ips() -> list[str]:
+        rows = proxied.database.rows(
+            "SELECT host(e.ip) FROM audit_auditevent e JOIN accounts_user u "
+            "ON u.id = e.actor_id WHERE e.action = 'auth.login' AND u.username = %s "
+            "ORDER BY e.sequence",
+            username,
+        )
+        return [row[0] for row in rows]
+
+    return list(wait_until(ips, timeout=10, what=f"{username}'s sign-in chained"))
 
 
 # --- Tests ------------------------------------------------------------------------------------
