@@ -50,6 +50,7 @@ from tests.production.processes import (
     launcher,
     own_services,
     sign_in,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.production, pytest.mark.timeout(150)]
@@ -522,8 +523,13 @@ async def test_fifty_requests_over_socket_rest_and_openai_never_overshoot_a_budg
     )
 
     # Each refusal audited once, against the budget, as the refused person.
-    refusals = database.rows(
-        "SELECT u.username, e.target_type, e.target_id, e.outcome FROM audit_auditevent e "
-        "JOIN accounts_user u ON u.id = e.actor_id WHERE e.action = 'budget.refused'"
-    )
+    # (The web processes chain events on a thread just after each commit: wait for them.)
+    def chained_refusals() -> list[tuple[Any, ...]] | None:
+        rows = database.rows(
+            "SELECT u.username, e.target_type, e.target_id, e.outcome FROM audit_auditevent e "
+            "JOIN accounts_user u ON u.id = e.actor_id WHERE e.action = 'budget.refused'"
+        )
+        return rows if len(rows) >= len(refused) else None
+
+    refusals = wait_until(chained_refusals, timeout=15, what="the refusals chained")
     assert sorted(refusals) == sorted((o.person, "budget", str(budget), "denied") for o in refused)
