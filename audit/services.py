@@ -326,7 +326,7 @@ def _pending_insert(values: Mapping[str, Any]) -> int:
         # Built from the model's own table and column names only; values are parameters.
         sql = "INSERT INTO {} ({}) VALUES ({}){}".format(  # noqa: S608
             quote(PendingAuditEvent._meta.db_table),
-            ", ".join(quote(field.column) for field in _PENDING_FIELDS),
+            ", ".join(quote(str(field.column)) for field in _PENDING_FIELDS),
             ", ".join(["%s"] * len(_PENDING_FIELDS)),
             f" RETURNING {quote('id')}" if returning else "",
         )
