@@ -277,3 +277,31 @@ def _flush_past_the_audit_truncate_trigger() -> None:
         original(self, ["SET LOCAL session_replication_role = replica", *sql_list])
 
     DatabaseOperations.execute_sql_flush = execute_sql_flush  # type: ignore[method-assign,assignment]
+
+
+# --- AWS doubles (moto's server on loopback; real boto3 clients talk HTTP to it) ------------
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's server on a free loopback port, every AWS service it emulates (KMS, S3);
+    yields its endpoint URL. Tests keep apart by creating their own keys and buckets."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dummy AWS credentials and region, and nothing from the machine's own AWS setup."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

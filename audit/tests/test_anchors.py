@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 from itertools import count
@@ -19,7 +18,6 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from django.core.management import call_command
-from moto.server import ThreadedMotoServer
 
 from audit.catalogue import AuditAction
 from audit.models import AuditAnchor, AuditCheckpoint, AuditEvent
@@ -37,18 +35,6 @@ RETENTION_DAYS = 30
 _buckets = count(1)
 
 
-@pytest.fixture(scope="module")
-def s3_server() -> Iterator[str]:
-    """moto's S3 server on a free loopback port; yields its endpoint URL."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
 def closed_endpoint() -> str:
     """A loopback URL where nothing listens: S3 unreachable."""
@@ -59,21 +45,17 @@ def closed_endpoint() -> str:
 
 
 @pytest.fixture
-def s3(s3_server: str, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """An S3 client and a new Object Lock bucket that the anchor settings point at."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+def s3(moto_endpoint: str, aws_env: None, settings: Any) -> Any:
+    """An S3 client on moto's server (the root conftest's `moto_endpoint`) and a new Object
+    Lock bucket that the anchor settings point at."""
     bucket = f"audit-anchors-{next(_buckets)}"
     settings.AUDIT_ANCHOR_S3_BUCKET = bucket
-    settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = s3_server
+    settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = moto_endpoint
     settings.AUDIT_ANCHOR_S3_REGION = "eu-west-1"
     settings.AUDIT_ANCHOR_S3_PREFIX = "audit-checkpoints/"
     settings.AUDIT_ANCHOR_RETENTION_DAYS = RETENTION_DAYS
     settings.AUDIT_ANCHOR_LOCK_MODE = "COMPLIANCE"
-    client = boto3.client("s3", endpoint_url=s3_server, region_name="eu-west-1")
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="eu-west-1")
     client.create_bucket(
         Bucket=bucket,
         CreateBucketConfiguration={"LocationConstraint": "eu-west-1"},
@@ -195,7 +177,7 @@ def test_a_rewrite_by_the_key_holder_is_caught_only_by_the_anchors(s3) -> None:
 
 
 def test_checkpoints_are_kept_while_s3_is_down_and_anchored_when_it_is_back(
-    s3, s3_server, closed_endpoint, settings, caplog
+    s3, moto_endpoint, closed_endpoint, settings, caplog
 ) -> None:
     seed_events(3)
     settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = closed_endpoint
@@ -208,7 +190,7 @@ def test_checkpoints_are_kept_while_s3_is_down_and_anchored_when_it_is_back(
     assert bucket_keys(s3, settings.AUDIT_ANCHOR_S3_BUCKET) == []
 
     seed_events(2)
-    settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = s3_server
+    settings.AUDIT_ANCHOR_S3_ENDPOINT_URL = moto_endpoint
     second = checkpoint_create()
 
     anchors = list(AuditAnchor.objects.order_by("checkpoint_id"))

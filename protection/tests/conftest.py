@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from conversations.generation import reply_generate
 from conversations.services import message_send
@@ -15,33 +13,13 @@ from protection import keyring
 from protection.keyfile import generate_master_key
 
 
-@pytest.fixture(scope="session")
-def kms_server() -> Iterator[str]:
-    """moto's KMS server on a free loopback port; yields its endpoint URL."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
-    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-
-
-@pytest.fixture
-def kms(kms_server: str, aws_env: None, settings: Any) -> Any:
-    """A real boto3 KMS client on the double; the settings point at the server, no key yet."""
-    settings.ENCRYPTION_KMS_ENDPOINT_URL = kms_server
+def kms(moto_endpoint: str, aws_env: None, settings: Any) -> Any:
+    """A real boto3 KMS client on moto's server (the root conftest's `moto_endpoint`); the
+    settings point at the server, no key yet."""
+    settings.ENCRYPTION_KMS_ENDPOINT_URL = moto_endpoint
     settings.ENCRYPTION_KMS_REGION = "eu-west-1"
-    return boto3.client("kms", endpoint_url=kms_server, region_name="eu-west-1")
+    return boto3.client("kms", endpoint_url=moto_endpoint, region_name="eu-west-1")
 
 
 @pytest.fixture
