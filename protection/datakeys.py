@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 
 from django.conf import settings
 from django.core.signals import setting_changed
@@ -136,16 +137,19 @@ def seal_bytes(plaintext: bytes, *, aad: bytes, purpose: str = TRANSCRIPTS) -> s
     return PREFIX + base64.urlsafe_b64encode(blob).decode("ascii")
 
 
-def open_bytes(stored: str, *, aad: bytes) -> bytes:
+def open_bytes(stored: str, *, aad: bytes, key_for: Callable[[str], bytes] | None = None) -> bytes:
     """The plaintext of a value made by `seal_bytes`. Raises TamperedError (not a sealed
-    value, altered, moved) or KeyUnavailableError (its data key cannot be had)."""
+    value, altered, moved) or KeyUnavailableError (its data key cannot be had).
+
+    `key_for` maps a data key id to the key; by default this database's data keys
+    (`key_for_reading`). A test that reads another process's database passes its own."""
     if not stored.startswith(PREFIX):
         raise TamperedError("The stored value is not encrypted.")
     try:
         blob = base64.urlsafe_b64decode(stored[len(PREFIX) :].encode("ascii"))
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise TamperedError("The stored value is not valid base64.") from None
-    key = key_for_reading(aead.key_id_of(blob))
+    key = (key_for or key_for_reading)(aead.key_id_of(blob))
     return aead.open(key, blob, aad=aad)
 
 

@@ -553,22 +553,21 @@ class Database:
         values are encrypted at rest, so a test reading rows over SQL opens them with this
         database's data key and the master key the processes share (ENCRYPTION_MASTER_KEY).
         "" stays ""."""
-        import base64
-
-        from protection import aead, datakeys, keyring
+        from protection import datakeys, keyring
 
         if not stored:
             return stored
-        assert stored.startswith(datakeys.PREFIX), f"{column} is stored in clear"
-        blob = base64.urlsafe_b64decode(stored[len(datakeys.PREFIX) :].encode("ascii"))
-        key_id = aead.key_id_of(blob)
-        ((purpose, master_key_id, wrapped),) = self.rows(
-            "SELECT purpose, master_key_id, wrapped FROM protection_datakey WHERE key_id = %s",
-            key_id,
-        )
-        wrapped_key = keyring.WrappedKey(master_key_id=master_key_id, blob=bytes(wrapped))
-        key = keyring.unwrap(wrapped_key, purpose=f"{purpose}:{key_id}")
-        return aead.open(key, blob, aad=column.encode()).decode("utf-8")
+        assert datakeys.is_sealed(stored), f"{column} is stored in clear"
+
+        def key_for(key_id: str) -> bytes:
+            ((purpose, master_key_id, wrapped),) = self.rows(
+                "SELECT purpose, master_key_id, wrapped FROM protection_datakey WHERE key_id = %s",
+                key_id,
+            )
+            wrapped_key = keyring.WrappedKey(master_key_id=master_key_id, blob=bytes(wrapped))
+            return keyring.unwrap(wrapped_key, purpose=f"{purpose}:{key_id}")
+
+        return datakeys.open_bytes(stored, aad=column.encode(), key_for=key_for).decode("utf-8")
 
     def terminate_connections(self) -> int:
         """pg_terminate_backend every other connection to this database; how many there were."""

@@ -20,9 +20,7 @@ from conversations.services import message_send
 from protection import datakeys
 from protection.models import DataKey
 from protection.tests.conftest import (  # noqa: F401 - fixtures shared with the unit tests
-    aws_env,
     kms,
-    kms_server,
     local_master,
     turn,
 )
