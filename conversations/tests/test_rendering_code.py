@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from html import unescape
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -143,9 +144,9 @@ def test_committed_code_css_is_what_the_generator_produces() -> None:
 
 
 def test_code_css_check_fails_when_out_of_date(
-    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stale = tmp_path / "code.css"  # type: ignore[operator]
+    stale = tmp_path / "code.css"
     stale.write_text("/* old */")
     monkeypatch.setattr(code_styles, "stylesheet_path", lambda: stale)
     monkeypatch.setattr("conversations.management.commands.code_css.stylesheet_path", lambda: stale)

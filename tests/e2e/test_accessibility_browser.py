@@ -115,8 +115,9 @@ def test_keyboard_only_chat(
             info = page.evaluate(
                 """() => { const a = document.activeElement;
                            const style = getComputedStyle(a);
-                           return { id: a.id, text: (a.getAttribute('aria-label') || a.textContent || '').trim(),
-                                    tag: a.tagName, outline: style.outlineStyle }; }"""
+                           const name = a.getAttribute('aria-label') || a.textContent || '';
+                           return { id: a.id, text: name.trim(), tag: a.tagName,
+                                    outline: style.outlineStyle }; }"""
             )
             reached.append(info)
             if info["tag"] != "BODY":

@@ -31,7 +31,8 @@ RENDER = """async (texts) => {
       text: box.textContent,
       prose: prose.textContent,
       tags: elements.map((node) => node.tagName.toLowerCase()),
-      attributes: elements.flatMap((node) => [...node.attributes].map((a) => `${a.name}=${a.value}`)),
+      attributes: elements.flatMap(
+        (node) => [...node.attributes].map((a) => `${a.name}=${a.value}`)),
       html: box.innerHTML,
     };
   });
@@ -83,8 +84,13 @@ def test_common_markdown_is_rendered(render: Any) -> None:
     assert "<h1>Plan</h1>" in html
     assert "<strong>important</strong>" in html and "<em>subtle</em>" in html
     assert "<code>code</code>" in html
-    assert "<blockquote><p>A quoted line with <strong>bold</strong> inside.</p></blockquote>" in html
-    assert "<ol><li>First <em>step</em>.</li><li>Second step with <code>x = 1</code>.</li></ol>" in html
+    assert (
+        "<blockquote><p>A quoted line with <strong>bold</strong> inside.</p></blockquote>" in html
+    )
+    assert (
+        "<ol><li>First <em>step</em>.</li><li>Second step with <code>x = 1</code>.</li></ol>"
+        in html
+    )
     assert "<ul><li>a bullet</li><li>another <strong>bold</strong> bullet</li></ul>" in html
     assert '<pre><code>print("**not bold**")</code></pre>' in html  # code stays literal
     assert "<p>Done.</p>" in html
