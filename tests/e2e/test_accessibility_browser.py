@@ -152,3 +152,26 @@ def test_keyboard_only_chat(
             expect(menu).to_be_focused()
     finally:
         page.context.close()
+
+
+@pytest.mark.parametrize(("width", "scheme"), [(1280, "dark"), (390, "dark"), (390, "light")])
+def test_account_and_error_pages_have_no_serious_violations(
+    chat_server: ChatServer,  # noqa: F811
+    browser: Any,  # noqa: F811
+    width: int,
+    scheme: str,
+) -> None:
+    page = new_page(browser, width, scheme)
+    try:
+        sign_in(page, chat_server)
+        pages = {
+            "password": "/accounts/password/",
+            "api-keys": "/accounts/api-keys/",
+            "not-found": "/c/00000000-0000-4000-8000-000000000000/",
+        }
+        for name, path in pages.items():
+            page.goto(f"{chat_server.base_url}{path}")
+            assert_no_serious_violations(page)
+            screenshot(page, f"a11y-{name}-{width}-{scheme}")
+    finally:
+        page.context.close()
