@@ -15,15 +15,17 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from conversations.rendering import render_markdown
+from conversations.rendering import TOKEN_CLASSES, render_markdown
 
 ALLOWED_TAGS = {
     "a", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr",
-    "li", "ol", "p", "pre", "s", "strong", "table", "tbody", "td", "th", "thead", "tr", "ul",
+    "li", "ol", "p", "pre", "s", "span", "strong", "table", "tbody", "td", "th", "thead", "tr",
+    "ul",
 }  # fmt: skip
 ALLOWED_ATTRIBUTES = {
     "a": {"href", "title", "rel"},
     "code": {"class"},
+    "span": {"class"},  # Pygments' token classes only (checked below)
     "ol": {"start"},
     "td": {"align"},
     "th": {"align"},
@@ -74,6 +76,8 @@ def problems(html: str) -> list[str]:
                     found.append(f"href {value!r}")
                 elif not target.split(":", 1)[1].startswith("//"):
                     found.append(f"scheme-relative href {value!r}")
+            if tag == "span" and name == "class" and value not in TOKEN_CLASSES:
+                found.append(f"span class {value!r}")
             if name == "rel" and value != "noopener noreferrer nofollow":
                 found.append(f"rel {value!r}")
         if tag == "a" and "rel" not in dict(attrs):

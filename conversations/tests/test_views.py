@@ -116,7 +116,9 @@ def test_conversation_page_escapes_user_text_and_sanitises_replies(
 def test_pages_load_no_inline_script(client: Client, owner) -> None:
     client.force_login(owner)
     html = client.get("/").content.decode()
-    # Only the external module and the JSON data block: ready for a strict CSP.
-    assert html.count("<script") == 2
+    # Only external scripts (the theme, applied before the first paint, and the chat module)
+    # and the JSON data block: ready for a strict CSP.
+    assert html.count("<script") == 3
+    assert '<script src="/static/js/theme.js">' in html
     assert '<script type="module" src="/static/js/chat.js">' in html
     assert '<script id="chat-config" type="application/json">' in html

@@ -2,6 +2,10 @@
 // Protocol: docs/websocket-protocol.md. Model output arrives as plain text while streaming
 // (inserted with textContent, never as HTML) and as server-sanitised HTML when done.
 
+import { enhanceCodeBlocks } from "./code-blocks.js";
+import { followVisualViewport, setUpDrawer } from "./drawer.js";
+import { appendStreamed } from "./stream-render.js";
+
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
 const el = {
@@ -56,6 +60,7 @@ function setHtml(article, html) {
   const body = article.querySelector(".msg-body");
   body.className = "msg-body markdown";
   body.innerHTML = html;
+  enhanceCodeBlocks(body);
 }
 
 function addNote(article, className, text) {
@@ -232,7 +237,7 @@ const handlers = {
       return;
     }
     reply.seq = frame.seq;
-    reply.body.textContent += frame.text;
+    appendStreamed(reply, frame.text); // safe DOM nodes only, redrawn once per frame
     reply.body.parentElement.dataset.status = "streaming";
     scrollToEnd();
   },
@@ -397,6 +402,14 @@ el.stop.addEventListener("click", () => {
 el.model.addEventListener("change", updateDemoNotice);
 
 updateDemoNotice();
+enhanceCodeBlocks(el.transcript);
+setUpDrawer({
+  button: document.getElementById("menu-button"),
+  drawer: document.getElementById("sidebar"),
+  layout: document.querySelector(".layout"),
+  main: document.querySelector("main.chat"),
+});
+followVisualViewport();
 connect();
 
 // A reply that has been silent for a long time may have ended while a frame was lost on
