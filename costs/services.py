@@ -236,9 +236,7 @@ def _budget_refusal(
         else max(budget.limit_tokens - window.spent_tokens - window.reserved_tokens, 0)
     )
     held = (
-        f" and {_money(window.reserved)} is held by replies in progress"
-        if window.reserved
-        else ""
+        f" and {_money(window.reserved)} is held by replies in progress" if window.reserved else ""
     )
     fits = _output_that_fits(
         left=left, tokens_left=tokens_left, input_tokens=input_tokens, price=price
@@ -255,9 +253,9 @@ def _budget_refusal(
             "Even the conversation alone costs more than is left: start a new conversation, "
             "pick a model with a lower price, or wait for the reset."
         )
-    tokens_note = (
-        f" ({tokens_left:,} of its {budget.limit_tokens:,} tokens)" if tokens_left is not None else ""
-    )
+    tokens_note = ""
+    if tokens_left is not None and budget.limit_tokens is not None:
+        tokens_note = f" ({tokens_left:,} of its {budget.limit_tokens:,} tokens)"
     return (
         f"The {budget.name} budget ({budget.get_period_display().lower()}) does not allow this "
         f"request. {_worst_case(estimate, input_tokens=input_tokens)} Of this budget's "

@@ -2,6 +2,8 @@
 // Protocol: docs/websocket-protocol.md. Model output arrives as plain text while streaming
 // (inserted with textContent, never as HTML) and as server-sanitised HTML when done.
 
+import "./model_info.js"; // the picker's description and price line
+
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
 const el = {
