@@ -29,12 +29,12 @@ $(STAMP): requirements/base.txt requirements/prod.txt requirements/dev.txt
 
 venv: $(STAMP)
 
-## Serve the embedded default on http://$(HOST):$(PORT)/ (reads .env if present).
+## Serve the embedded default on http://$(HOST):$(PORT)/ (reads .env if present). The
+## server prints the address, and a first-run administrator password, last (once it listens).
 run: venv
 	@set -a; [ ! -f .env ] || . ./.env; set +a; \
 	$(BIN)/python manage.py migrate --noinput && \
-	$(BIN)/python manage.py ensure_admin && \
-	echo "Serving on http://$(HOST):$(PORT)/  (Ctrl+C to stop)" && \
+	$(BIN)/python manage.py ensure_admin --show-at-serve && \
 	exec $(BIN)/python manage.py serve --host $(HOST) --port $(PORT)
 
 ## A Celery worker for the production path (needs REDIS_URL / CELERY_BROKER_URL): one process,

@@ -121,6 +121,10 @@ def _erase_traces(
     counts: dict[str, int] = {}
 
     counts["sessions"], _ = UserSession.objects.filter(user_id=person.pk).delete()
+    # Their custom instructions are personal text (preferences app).
+    from preferences.models import Preferences
+
+    counts["preferences"], _ = Preferences.objects.filter(user_id=person.pk).delete()
     sessions.sockets_close(user=person, reason=sessions.DEACTIVATED)
 
     keys = ApiKey.objects.filter(owner_id=person.pk)

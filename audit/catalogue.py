@@ -67,6 +67,15 @@ class AuditAction(models.TextChoices):
     API_KEY_REVOKED = "api_key.revoked", "API key revoked"
     API_KEY_REFUSED = "api_key.refused", "API key refused"
     API_KEY_EXPIRED = "api_key.expired", "API key expired"
+    # Preferences
+    PREFERENCES_CHANGED = (
+        "preferences.changed",
+        "Personal preferences changed (custom instructions)",
+    )
+    ADMIN_PASSWORD_RESET = (
+        "auth.admin_password_reset",
+        "Local administrator password reset (command)",
+    )
     # Later features record through the same hook: add their actions here.
     TOOL_REFUSED = "tool.refused", "Tool call refused"
 

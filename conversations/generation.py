@@ -23,6 +23,7 @@ from conversations.models import Conversation, Message
 from costs.services import CallUsage
 from guardrails.services import ReplyGuard, reply_guard, system_prompt
 from observability import logcontext
+from preferences.selectors import instructions_for_chat, with_personal_instructions
 from providers.base import (
     ChatMessage,
     ChatRequest,
@@ -148,6 +149,8 @@ class Turn:
     tool_events: list[dict[str, Any]] = field(default_factory=list)
     calls: list[CallUsage] = field(default_factory=list)  # one per provider call, for costs
     options: dict[str, Any] = field(default_factory=dict)  # the caller's (Message.options)
+    # The person's custom instructions (chat replies only; preferences.selectors).
+    instructions: str = ""
 
 
 def _history(reply: Message) -> list[ChatMessage]:
@@ -185,6 +188,8 @@ def _state_for(conversation: Conversation, spec: ModelSpec, reply: Message) -> d
 def _request(turn: Turn, spec: ModelSpec) -> ChatRequest:
     # With tools, the system prompt says their results are data (guardrails).
     prompt = system_prompt(settings.CHAT_SYSTEM_PROMPT, tools_offered=bool(turn.tools))
+    # The person's own instructions come last, subordinate to the organisation's.
+    prompt = with_personal_instructions(prompt, turn.instructions)
     # The caller may ask for fewer output tokens than the model's maximum, never more (the
     # budget reservation was made for this figure).
     max_output = spec.max_output_tokens
@@ -340,6 +345,8 @@ def _reply_generate(reply: Message, tracked: inflight.Tracked) -> None:
         turn.tools = client_tools or [tool.spec() for tool in tools_for(user)]
         turn.state = _state_for(conversation, spec, reply)
         turn.answered_by = spec.key
+        if reply.api_key_id is None:  # chat only: API calls never use them (docs)
+            turn.instructions = instructions_for_chat(user)
         tool_rounds = 0
         while True:
             _release_connection()

@@ -50,6 +50,7 @@ from guardrails.services import (
     screening_record,
 )
 from observability import metrics
+from preferences.selectors import chat_system_prompt
 from protection.aead import ProtectionError
 from providers.base import ChatMessage, ToolCall, ToolResult, ToolSpec
 from providers.registry import UnknownModel, get_model, model_for_user, supports_tools
@@ -236,7 +237,12 @@ def _interrupted_calls(reply: Message) -> list[CallUsage]:
             model=key,
             provider=provider,
             input_tokens=_input_estimate(
-                conversation=reply.conversation, model=None, budget=2**31 - 1
+                conversation=reply.conversation,
+                model=None,
+                budget=2**31 - 1,
+                system_prompt=chat_system_prompt(
+                    user=reply.conversation.owner, api_key=reply.api_key_id
+                ),
             ),
             output_tokens=message_tokens(ChatMessage("assistant", text)),
             estimated=True,
@@ -410,7 +416,7 @@ def _message_send(
     budget = input_budget(
         context_window=model.context_window,
         max_output_tokens=options.output_cap(model),
-        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+        system_prompt=chat_system_prompt(user=actor, api_key=api_key),
         tools=options.tools,
     )
     if message_tokens(ChatMessage("user", text)) > budget:
@@ -548,7 +554,9 @@ def _check_replies_in_flight(actor: User) -> None:
         )
 
 
-def _input_estimate(*, conversation: Conversation, model: Any, budget: int) -> int:
+def _input_estimate(
+    *, conversation: Conversation, model: Any, budget: int, system_prompt: str
+) -> int:
     """Input tokens the reply's first call will send: system prompt and history (the
     window), never more than the model's input budget."""
     turns = (
@@ -557,7 +565,7 @@ def _input_estimate(*, conversation: Conversation, model: Any, budget: int) -> i
         .order_by("-id")
         .values_list("role", "content")[: settings.CHAT_HISTORY_MAX_MESSAGES]
     )
-    tokens = message_tokens(ChatMessage("user", settings.CHAT_SYSTEM_PROMPT)) + sum(
+    tokens = message_tokens(ChatMessage("user", system_prompt)) + sum(
         message_tokens(ChatMessage("user" if role == "user" else "assistant", content))
         for role, content in turns
     )
@@ -580,11 +588,14 @@ def _message_store(
     options = options or ReplyOptions()
     audited_options = options.audited()
     request_id = audit_context.current().request_id or audit_context.new_request_id()
+    # The organisation's prompt, with the person's instructions on chat sends (counted in
+    # the reservation: they are sent with every call).
+    prompt = chat_system_prompt(user=actor, api_key=api_key)
     input_budget_tokens = input_budget(
         context_window=model.context_window,
         max_output_tokens=options.output_cap(model),
         tools=options.tools,
-        system_prompt=settings.CHAT_SYSTEM_PROMPT,
+        system_prompt=prompt,
     )
     created = conversation_id is None
     if conversation_id is None:
@@ -644,7 +655,7 @@ def _message_store(
         reply=reply,
         model=model,
         input_tokens=_input_estimate(
-            conversation=conversation, model=model, budget=input_budget_tokens
+            conversation=conversation, model=model, budget=input_budget_tokens, system_prompt=prompt
         )
         + tools_tokens(options.tools),
         max_output_tokens=options.max_output_tokens,

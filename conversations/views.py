@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET
 
 from conversations import selectors, services
 from conversations.errors import ChatError
+from costs.selectors import model_choices
 from providers.registry import default_model_for, models_for_user
 
 
@@ -63,6 +64,8 @@ def chat(request: HttpRequest, public_id: UUID | None = None) -> HttpResponse:
             "current": snapshot,
             "current_id": str(public_id) if public_id else "",
             "models": models,
+            # The picker shows each model's description and price (costs.selectors).
+            "model_choices": model_choices(models),
             "budgets": services.budget_frames(user),  # type: ignore[arg-type]
             "current_model": current_model,
             "chat_config": {

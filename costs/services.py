@@ -185,6 +185,85 @@ def _resets(reset_at: dt.datetime) -> str:
     return reset_at.strftime("%Y-%m-%d %H:%M %Z")
 
 
+def _worst_case(estimate: Estimate, *, input_tokens: int) -> str:
+    """How the amount held for a call is worked out, for the person refused."""
+    output_tokens = max(estimate.tokens - input_tokens, 0)
+    return (
+        "Before a call starts, its worst case is reserved: the whole conversation sent as "
+        f"input (about {input_tokens:,} tokens) plus the longest reply the model may write "
+        f"({output_tokens:,} tokens), at the model's price. For this request that is "
+        f"{_money(estimate.amount)}; what the reply really costs is charged when it ends and "
+        "the rest is released."
+    )
+
+
+def _output_that_fits(
+    *, left: Decimal, tokens_left: int | None, input_tokens: int, price: ModelPrice | None
+) -> int:
+    """The longest reply (output tokens) that would fit in what is left, 0 if none would."""
+    if price is None:
+        fits = None
+    else:
+        room = left - Decimal(input_tokens) * price.input_per_million / MILLION
+        if room <= 0:
+            return 0
+        fits = (
+            None
+            if price.output_per_million <= 0
+            else int(room * MILLION / price.output_per_million)
+        )
+    if tokens_left is not None:
+        by_tokens = max(tokens_left - input_tokens, 0)
+        fits = by_tokens if fits is None else min(fits, by_tokens)
+    return max(fits or 0, 0)
+
+
+def _budget_refusal(
+    *,
+    budget: Budget,
+    window: BudgetWindow,
+    estimate: Estimate,
+    input_tokens: int,
+    price: ModelPrice | None,
+    reset_at: dt.datetime,
+) -> str:
+    """Why a blocking budget refuses a call: what is reserved, what is left, what would fit."""
+    used = window.spent + window.reserved
+    left = max(budget.limit_amount - used, Decimal(0))
+    tokens_left = (
+        None
+        if budget.limit_tokens is None
+        else max(budget.limit_tokens - window.spent_tokens - window.reserved_tokens, 0)
+    )
+    held = (
+        f" and {_money(window.reserved)} is held by replies in progress" if window.reserved else ""
+    )
+    fits = _output_that_fits(
+        left=left, tokens_left=tokens_left, input_tokens=input_tokens, price=price
+    )
+    if left <= 0 or tokens_left == 0:
+        would_fit = "Nothing is left in this budget: wait for the reset or ask an administrator."
+    elif fits > 0:
+        would_fit = (
+            f"What would fit: a shorter conversation or message, a model with a lower price, "
+            f"or a reply capped at {fits:,} output tokens (the API's max_tokens)."
+        )
+    else:
+        would_fit = (
+            "Even the conversation alone costs more than is left: start a new conversation, "
+            "pick a model with a lower price, or wait for the reset."
+        )
+    tokens_note = ""
+    if tokens_left is not None and budget.limit_tokens is not None:
+        tokens_note = f" ({tokens_left:,} of its {budget.limit_tokens:,} tokens)"
+    return (
+        f"The {budget.name} budget ({budget.get_period_display().lower()}) does not allow this "
+        f"request. {_worst_case(estimate, input_tokens=input_tokens)} Of this budget's "
+        f"{_money(budget.limit_amount)}, {_money(window.spent)} is used{held}, so "
+        f"{_money(left)} is left{tokens_note}. {would_fit} It resets on {_resets(reset_at)}."
+    )
+
+
 def budget_reserve(
     *,
     user: Any,
@@ -212,9 +291,9 @@ def budget_reserve(
     cap = settings.COSTS_MAX_REQUEST_COST
     if cap and estimate.amount > cap:
         raise BudgetExceeded(
-            f"This request could cost up to {_money(estimate.amount)}, more than the "
-            f"{_money(cap)} allowed for a single request. Shorten the conversation or pick a "
-            "smaller model.",
+            f"{_worst_case(estimate, input_tokens=input_tokens)} That is more than the "
+            f"{_money(cap)} allowed for a single request. What would fit: a shorter "
+            "conversation or message, or a model with a lower price.",
             details={"limit": "per_request", "estimate": str(estimate.amount), "cap": str(cap)},
         )
     alerts: list[str] = []
@@ -242,15 +321,14 @@ def budget_reserve(
             }
             if budget.action == Budget.Action.BLOCK:
                 raise BudgetExceeded(
-                    f"The {budget.name} budget ({budget.get_period_display().lower()}) does "
-                    f"not allow this request: {_money(window.spent)} of "
-                    f"{_money(budget.limit_amount)} is used"
-                    + (
-                        f" and {_money(window.reserved)} is held by replies in progress"
-                        if window.reserved
-                        else ""
-                    )
-                    + f". It resets on {_resets(reset_at)}.",
+                    _budget_refusal(
+                        budget=budget,
+                        window=window,
+                        estimate=estimate,
+                        input_tokens=input_tokens,
+                        price=price_at(model.key, now),
+                        reset_at=reset_at,
+                    ),
                     details=details,
                 )
             audit_record(

@@ -32,6 +32,7 @@ escaped) apply to it as to every other line (enterprise_ai/logging.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from autobahn.websocket.compress import (
@@ -139,11 +140,20 @@ class BoundedServer(Server):
     """
 
     max_incoming_message_bytes = 0  # set by `command_line_interface`
+    # Called once, when the first endpoint listens (manage.py serve prints its last lines).
+    on_listening: Callable[[], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # The access log is written through logging, whatever daphne's CLI chose (stdout).
         kwargs["action_logger"] = LoggedAccessLog()
         super().__init__(*args, **kwargs)
+        self._announced = False
+
+    def listen_success(self, port: Any) -> None:
+        super().listen_success(port)
+        if self.on_listening is not None and not self._announced:
+            self._announced = True
+            type(self).on_listening()  # type: ignore[misc]
 
     @property
     def ws_factory(self) -> WebSocketFactory:
@@ -160,7 +170,9 @@ class BoundedServer(Server):
         self._bounded_ws_factory = factory
 
 
-def command_line_interface(max_incoming_bytes: int) -> tuple[CommandLineInterface, list[str]]:
+def command_line_interface(
+    max_incoming_bytes: int, *, on_listening: Callable[[], None] | None = None
+) -> tuple[CommandLineInterface, list[str]]:
     """daphne's CLI running a BoundedServer, and the arguments that set its limits.
 
     Sockets stay open as long as their session does (the consumer closes them when it
@@ -171,6 +183,8 @@ def command_line_interface(max_incoming_bytes: int) -> tuple[CommandLineInterfac
 
     class _Server(BoundedServer):
         max_incoming_message_bytes = max_incoming_bytes
+
+    _Server.on_listening = staticmethod(on_listening) if on_listening else None
 
     cli: Any = CommandLineInterface()
     cli.server_class = _Server

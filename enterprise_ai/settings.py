@@ -112,6 +112,8 @@ INSTALLED_APPS = [
     "django_prometheus",
     # Encryption at rest: master keys, data keys, encrypted fields (docs/data-protection.md).
     "protection",
+    # Each person's preferences: custom instructions (the /settings/ page).
+    "preferences",
 ]
 
 MIDDLEWARE = [
@@ -500,6 +502,14 @@ CHAT_TEMPERATURE = env.float("CHAT_TEMPERATURE", 0.7, min_value=0)
 CHAT_SYSTEM_PROMPT = env.str(
     "CHAT_SYSTEM_PROMPT",
     "You are a helpful assistant for the staff of a company. Answer in Markdown.",
+)
+# Custom instructions (the Preferences page, /settings/): each person's own, added to the
+# system prompt of their chat replies after the organisation's CHAT_SYSTEM_PROMPT, which takes
+# precedence. Chat only: API calls use the organisation's prompt alone. false: not offered
+# and not used (saved ones are kept).
+CHAT_CUSTOM_INSTRUCTIONS_ENABLED = env.bool("CHAT_CUSTOM_INSTRUCTIONS_ENABLED", True)
+CHAT_CUSTOM_INSTRUCTIONS_MAX_CHARS = env.int(
+    "CHAT_CUSTOM_INSTRUCTIONS_MAX_CHARS", 2000, min_value=1
 )
 CHAT_HISTORY_MAX_MESSAGES = env.int("CHAT_HISTORY_MAX_MESSAGES", 40, min_value=1)
 CHAT_CONVERSATIONS_PER_PAGE = env.int("CHAT_CONVERSATIONS_PER_PAGE", 50, min_value=1)

@@ -8,7 +8,9 @@ from accounts import views as accounts_views
 from accounts.forms import SignInForm
 from accounts.login_limit import login_rate_limited
 from api import v1 as api_v1
+from costs import views as costs_views
 from enterprise_ai import views
+from preferences import views as preferences_views
 
 handler500 = "enterprise_ai.views.server_error"
 
@@ -46,6 +48,9 @@ urlpatterns = [
         ),
         name="password_change_done",
     ),
+    # The person's own pages: preferences (custom instructions) and usage.
+    path("settings/", preferences_views.preferences_page, name="preferences"),
+    path("usage/", costs_views.my_usage, name="my_usage"),
     path("admin/", admin.site.urls),
     # The REST API (docs/api.md): API keys only, session cookies ignored.
     path("api/v1/", api_v1.urls()),

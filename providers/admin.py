@@ -15,7 +15,19 @@ class AIModelAdmin(admin.ModelAdmin):
     filter_horizontal = ("allowed_groups",)
     ordering = ("position", "display_name")
     fieldsets = (
-        (None, {"fields": ("key", "display_name", "enabled", "is_default", "position")}),
+        (
+            None,
+            {
+                "fields": (
+                    "key",
+                    "display_name",
+                    "description",
+                    "enabled",
+                    "is_default",
+                    "position",
+                )
+            },
+        ),
         ("Provider", {"fields": ("provider", "provider_model_id", "options")}),
         ("Limits", {"fields": ("context_window", "max_output_tokens")}),
         ("Who may use it", {"fields": ("available_to_everyone", "allowed_groups")}),

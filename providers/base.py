@@ -219,6 +219,7 @@ class ModelSpec:
     context_window: int = 8192
     max_output_tokens: int = 1024
     fallback: str | None = None  # key of the model that answers when this one cannot
+    description: str = ""  # one sentence for the model picker
 
 
 class Provider(abc.ABC):

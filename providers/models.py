@@ -26,6 +26,11 @@ class AIModel(models.Model):
         max_length=100, unique=True, help_text="Stable name used by the UI, the API and logs."
     )
     display_name = models.CharField(max_length=200)
+    description = models.CharField(
+        max_length=300,
+        blank=True,
+        help_text="One sentence for the model picker: what the model is good at.",
+    )
     provider = models.CharField(max_length=32, choices=PROVIDER_CHOICES)
     provider_model_id = models.CharField(
         max_length=300,

@@ -37,6 +37,7 @@ def _spec(row: AIModel) -> ModelSpec:
     return ModelSpec(
         key=row.key,
         display_name=row.display_name,
+        description=row.description,
         provider=row.provider,
         provider_model_id=row.provider_model_id,
         is_demo=row.provider == DemoProvider.name,

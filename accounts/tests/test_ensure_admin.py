@@ -9,11 +9,16 @@ from django.core.management import call_command
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture(autouse=True)
+def local_dir(tmp_path, settings):
+    settings.LOCAL_DIR = tmp_path
+
+
 def test_creates_an_administrator_once_and_prints_its_generated_password(monkeypatch) -> None:
     monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
     out = StringIO()
     call_command("ensure_admin", stdout=out)
-    password = out.getvalue().split("password: ")[1].split()[0]
+    password = out.getvalue().split("password   ")[1].split()[0]
     admin = get_user_model().objects.get(username="admin")
     assert admin.is_superuser and admin.check_password(password)
 

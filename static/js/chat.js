@@ -5,6 +5,7 @@
 import { enhanceCodeBlocks } from "./code-blocks.js";
 import { followVisualViewport, setUpDrawer } from "./drawer.js";
 import { appendStreamed } from "./stream-render.js";
+import "./model_info.js"; // the picker's description and price line
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 

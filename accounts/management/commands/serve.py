@@ -6,11 +6,13 @@ and the sweeper of stuck replies always.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from accounts import first_run
 from conversations import inflight
 from enterprise_ai import daphne_server, db_role, scheduler
 
@@ -42,5 +44,19 @@ class Command(BaseCommand):
         # daphne refuses client frames and messages over the chat's limit from their headers,
         # before buffering them, and writes its access log through logging (masked, JSON in
         # production) instead of to stdout (enterprise_ai/daphne_server.py).
-        cli, limits = daphne_server.command_line_interface(daphne_server.incoming_limit())
+        cli, limits = daphne_server.command_line_interface(
+            daphne_server.incoming_limit(), on_listening=partial(self.announce, host, port)
+        )
         cli.run(["-b", host, "-p", str(port), *limits, "enterprise_ai.asgi:application"])
+
+    def announce(self, host: str, port: str) -> None:
+        """The last lines on the terminal, once the server listens: where to open it, and
+        the first-run administrator's generated password while it is unchanged (make run)."""
+        url = f"http://{host}:{port}/"
+        credentials = first_run.credentials_pending()
+        if credentials is None:
+            self.stdout.write(f"Serving on {url}  (Ctrl+C to stop)")
+        else:
+            self.stdout.write(first_run.credentials_box(credentials, url=url), ending="")
+            self.stdout.write("(Ctrl+C to stop)")
+        self.stdout.flush()
