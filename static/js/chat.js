@@ -2,6 +2,8 @@
 // Protocol: docs/websocket-protocol.md. Model output arrives as plain text while streaming
 // (inserted with textContent, never as HTML) and as server-sanitised HTML when done.
 
+import { installMessages, remember, revisionAccepted, revisionRefused } from "./messages.js";
+
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
 const el = {
@@ -129,6 +131,7 @@ function renderMessage(message) {
   if (message.status === "cancelled") addNote(article, "msg-note", "Stopped.");
   if (message.error) addNote(article, "msg-error", message.error);
   if (message.usage) showCost(article, message.usage); // finished replies, as `done` showed
+  remember(article, message); // time, versions, copy (messages.js)
   return article;
 }
 
@@ -196,9 +199,11 @@ const handlers = {
   },
 
   accepted(frame) {
+    if (frame.revision) return revisionAccepted(frame); // a regenerate or an edit (messages.js)
     if (state.pendingBubble) {
       state.pendingBubble.dataset.id = frame.user_message;
       if (frame.notice) addNote(state.pendingBubble, "msg-note", frame.notice);
+      remember(state.pendingBubble, { id: frame.user_message, text: state.pendingText, created_at: frame.user_created_at });
     }
     state.pendingText = null;
     state.pendingBubble = null;
@@ -210,6 +215,7 @@ const handlers = {
       addToSidebar(frame.conversation, frame.title);
     }
     const article = bubble("assistant", frame.message, "pending");
+    remember(article, { id: frame.message, created_at: frame.created_at });
     state.reply = { id: frame.message, seq: 0, body: article.querySelector(".msg-body"), gap: false };
     setBusy(true);
     scrollToEnd();
@@ -248,6 +254,7 @@ const handlers = {
     renderExtras(article, frame.tools, frame.notice);
     if (frame.status === "cancelled") addNote(article, "msg-note", "Stopped.");
     showCost(article, frame.usage);
+    remember(article, { id: frame.message, text: frame.text });
     if (frame.budgets) showBudgets(frame.budgets);
     if (state.reply && state.reply.id === frame.message) state.reply = null;
     setBusy(state.reply !== null);
@@ -281,6 +288,10 @@ const handlers = {
       }
       if (state.reply && state.reply.id === frame.message) state.reply = null;
       setBusy(state.reply !== null);
+      return;
+    }
+    if (revisionRefused()) {
+      showError(frame.reason);
       return;
     }
     if (state.pendingBubble) {
@@ -397,6 +408,7 @@ el.stop.addEventListener("click", () => {
 el.model.addEventListener("change", updateDemoNotice);
 
 updateDemoNotice();
+installMessages({ state, el, config, resubscribe, showError, clearError });
 connect();
 
 // A reply that has been silent for a long time may have ended while a frame was lost on
