@@ -33,6 +33,7 @@ from providers.registry import default_model_for
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
 def accepted_frame(
     result: services.SendResult, *, revision: str = "", replaces: uuid.UUID | None = None
 ) -> dict[str, Any]:

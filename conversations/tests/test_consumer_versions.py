@@ -82,9 +82,10 @@ async def test_edit_sends_the_new_text_and_keeps_the_old_turn(
     new = await sync_to_async(Message.objects.get)(public_id=edited["user_message"])
     old = await sync_to_async(Message.objects.get)(public_id=accepted["user_message"])
     assert new.content == "Plan a product launch" and old.superseded_by_id == new.pk
-    assert await sync_to_async(
-        AuditEvent.objects.filter(action=AuditAction.MESSAGE_EDITED).count
-    )() == 1
+    assert (
+        await sync_to_async(AuditEvent.objects.filter(action=AuditAction.MESSAGE_EDITED).count)()
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -113,7 +114,9 @@ async def test_bad_revision_frames_get_a_reason_and_change_nothing(
         "REPLY": accepted["message"],
         "USER": accepted["user_message"],
     }
-    await comm.send_json_to({k: ids.get(v, v) if isinstance(v, str) else v for k, v in frame.items()})
+    await comm.send_json_to(
+        {k: ids.get(v, v) if isinstance(v, str) else v for k, v in frame.items()}
+    )
     answer = await comm.receive_json_from(timeout=5)
     await comm.disconnect()
     assert answer["type"] == "error" and answer["code"] == code, answer

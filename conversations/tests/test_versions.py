@@ -71,9 +71,7 @@ def two_turns(owner: Any) -> tuple[SendResult, SendResult]:
     return first, second
 
 
-def test_regenerate_makes_one_new_call_charged_once_and_keeps_the_old_reply(
-    owner, calls
-) -> None:
+def test_regenerate_makes_one_new_call_charged_once_and_keeps_the_old_reply(owner, calls) -> None:
     first, second = two_turns(owner)
     old = second.reply
     assert old.status == "complete" and old.cost
@@ -321,5 +319,5 @@ def test_the_page_shows_timestamps_versions_and_costs(owner, calls) -> None:
     assert "Version 2 of 2" in page
     assert page.count('class="msg-cost"') == 1  # the current reply's; the earlier one's:
     assert page.count('class="version-cost"') == 1
-    tokens = regenerated.reply.input_tokens + regenerated.reply.output_tokens
+    tokens = (regenerated.reply.input_tokens or 0) + (regenerated.reply.output_tokens or 0)
     assert f"{tokens} tokens · {regenerated.reply.cost} USD" in page
