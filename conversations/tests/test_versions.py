@@ -321,3 +321,22 @@ def test_the_page_shows_timestamps_versions_and_costs(owner, calls) -> None:
     assert page.count('class="version-cost"') == 1
     tokens = (regenerated.reply.input_tokens or 0) + (regenerated.reply.output_tokens or 0)
     assert f"{tokens} tokens · {regenerated.reply.cost} USD" in page
+
+
+def test_compliance_review_shows_every_version_marked(owner, compliance_officer, calls) -> None:
+    first = answered(message_send(actor=owner, text="Question", model_key="demo"))
+    answered(
+        message_regenerate(
+            actor=owner,
+            conversation_id=first.conversation.public_id,
+            reply_id=first.reply.public_id,
+        )
+    )
+    client = Client()
+    client.force_login(compliance_officer)
+    html = client.get(
+        f"/admin/conversations/conversation/{first.conversation.pk}/change/"
+    ).content.decode()
+    assert "Transcript (3 messages)" in html
+    assert html.count("earlier version: the owner regenerated or edited it") == 1
+    assert "Reply regenerated (a new version)" in html
