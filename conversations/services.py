@@ -271,6 +271,7 @@ def _fail_interrupted(replies: QuerySet[Message]) -> int:
                 Message.objects.filter(pk=reply.pk).update(
                     cost=settlement.cost, cost_estimated=settlement.estimated
                 )
+                reply.cost, reply.cost_estimated = settlement.cost, settlement.estimated
             _audit_reply_end(reply)
             transaction.on_commit(partial(metrics.replies_swept, stuck_in))
             transaction.on_commit(partial(_broadcast_error, reply))
@@ -1134,5 +1135,7 @@ def _broadcast_error(reply: Message) -> None:
             "message": str(reply.public_id),
             "code": reply.error_code,
             "reason": reply.error,
+            # What streamed before the failure was charged: shown as on the page.
+            **({"usage": selectors.reply_usage(reply)} if reply.cost else {}),
         },
     )

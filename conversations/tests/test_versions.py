@@ -340,3 +340,42 @@ def test_compliance_review_shows_every_version_marked(owner, compliance_officer,
     assert "Transcript (3 messages)" in html
     assert html.count("earlier version: the owner regenerated or edited it") == 1
     assert "Reply regenerated (a new version)" in html
+
+
+def test_a_failed_reply_that_was_charged_shows_its_cost_live_and_after_a_reload(
+    owner, calls, monkeypatch
+) -> None:
+    from conversations import streams
+    from conversations.tests.test_generation import BrokenProvider
+    from providers import registry
+
+    monkeypatch.setitem(registry.PROVIDERS, "broken", BrokenProvider)
+    model = AIModel.objects.create(
+        key="broken",
+        display_name="Broken",
+        provider="broken",
+        provider_model_id="b",
+        available_to_everyone=True,
+    )
+    ModelPrice.objects.create(
+        model=model,
+        input_per_million=Decimal("3"),
+        output_per_million=Decimal("15"),
+        effective_from=timezone.now() - dt.timedelta(days=1),
+    )
+    sent: list[dict[str, Any]] = []
+    monkeypatch.setattr(streams, "broadcast", lambda conversation, event: sent.append(event))
+    result = answered(message_send(actor=owner, text="Hi", model_key="broken"))
+    reply = result.reply
+    assert reply.status == "failed" and reply.cost and reply.cost_estimated
+    error = next(e for e in sent if e["type"] == "chat.error")
+    usage = selectors.reply_usage(reply)
+    assert error["usage"] == usage and usage["cost"] == str(reply.cost)
+    frame = selectors.conversation_snapshot(user=owner, public_id=result.conversation.public_id)[
+        "messages"
+    ][1]
+    assert frame["usage"] == usage and frame["error"]
+    client = Client()
+    client.force_login(owner)
+    page = client.get(f"/c/{result.conversation.public_id}/").content.decode()
+    assert f"· {reply.cost} USD (estimated)</p>" in page

@@ -285,6 +285,7 @@ const handlers = {
       if (article) {
         article.dataset.status = "failed";
         addNote(article, "msg-error", frame.reason);
+        if (frame.usage) showCost(article, frame.usage); // charged for what had streamed
       }
       if (state.reply && state.reply.id === frame.message) state.reply = null;
       setBusy(state.reply !== null);
