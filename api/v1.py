@@ -482,6 +482,8 @@ def _conversation_detail(owner: User, conversation_id: uuid.UUID) -> dict[str, A
     conversation = selectors.conversation_get_owned(user=owner, public_id=conversation_id)
     messages = []
     for message in selectors.message_list(conversation=conversation):
+        if message.superseded_by_id is not None:
+            continue  # an earlier version (regenerated or edited in the chat): not current
         finished_reply = message.role == Message.Role.ASSISTANT and message.status in (
             Message.Status.COMPLETE,
             Message.Status.CANCELLED,

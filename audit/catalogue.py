@@ -29,6 +29,8 @@ class AuditAction(models.TextChoices):
     WS_RATE_LIMITED = "ws.rate_limited", "Chat socket frames refused by a rate limit"
     # Conversations
     MESSAGE_SENT = "message.sent", "Message sent"
+    MESSAGE_REGENERATED = "message.regenerated", "Reply regenerated (a new version)"
+    MESSAGE_EDITED = "message.edited", "Last message edited and resent (a new version)"
     REPLY_COMPLETED = "reply.completed", "Reply completed"
     REPLY_FAILED = "reply.failed", "Reply failed"
     REPLY_CANCELLED = "reply.cancelled", "Reply cancelled"

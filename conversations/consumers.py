@@ -33,6 +33,30 @@ from providers.registry import default_model_for
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+
+def accepted_frame(
+    result: services.SendResult, *, revision: str = "", replaces: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """The `accepted` answer to a send, a regenerate or an edit (docs/websocket-protocol.md):
+    `revision` names the kind of a new version, `replaces` the message it replaces."""
+    frame: dict[str, Any] = {
+        "type": "accepted",
+        "conversation": str(result.conversation.public_id),
+        "title": result.conversation.title,
+        "created": result.created,
+        "user_message": str(result.user_message.public_id),
+        "message": str(result.reply.public_id),
+        "model": result.reply.model,
+        "created_at": result.reply.created_at.isoformat(),
+        "user_created_at": result.user_message.created_at.isoformat(),
+        **({"notice": result.notice} if result.notice else {}),
+    }
+    if revision:
+        frame["revision"] = revision
+        frame["replaces"] = str(replaces)
+    return frame
+
+
 # Close code for a refused handshake (the browser sees HTTP 403).
 CLOSE_UNAUTHENTICATED = 4401
 # Close code of an open socket whose session ended (signed out, expired, ended elsewhere).
@@ -244,6 +268,8 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
             "send": self.handle_send,
             "stop": self.handle_stop,
             "subscribe": self.handle_subscribe,
+            "regenerate": self.handle_regenerate,
+            "edit": self.handle_edit,
         }
         frame_type = content.get("type")
         handler = handlers.get(frame_type) if isinstance(frame_type, str) else None
@@ -301,22 +327,44 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
                 "message_id": str(result.reply.public_id),
             },
         )
-        await self.send_json(
-            {
-                "type": "accepted",
-                "conversation": str(result.conversation.public_id),
-                "title": result.conversation.title,
-                "created": result.created,
-                "user_message": str(result.user_message.public_id),
-                "message": str(result.reply.public_id),
-                "model": result.reply.model,
-                **({"notice": result.notice} if result.notice else {}),
-            }
-        )
+        await self.send_json(accepted_frame(result))
 
     async def handle_stop(self, content: dict[str, Any]) -> None:
         message_id = _parse_uuid(content.get("message"), "message")
         await db(services.reply_stop)(actor=self.user, message_id=message_id)
+
+    async def handle_regenerate(self, content: dict[str, Any]) -> None:
+        """A new version of the last reply (conversations.versions), admitted as a send."""
+        reply_id = _parse_uuid(content.get("message"), "message")
+        conversation_id = await self.revision_conversation(content)
+        result = await db(services.message_regenerate)(
+            actor=self.user,
+            conversation_id=conversation_id,
+            reply_id=reply_id,
+            model_key=content.get("model") or None,
+        )
+        await self.send_json(accepted_frame(result, revision="regenerate", replaces=reply_id))
+
+    async def handle_edit(self, content: dict[str, Any]) -> None:
+        """The last message edited and sent again (conversations.versions)."""
+        message_id = _parse_uuid(content.get("message"), "message")
+        conversation_id = await self.revision_conversation(content)
+        result = await db(services.message_edit)(
+            actor=self.user,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            text=content.get("text"),
+            model_key=content.get("model") or None,
+        )
+        await self.send_json(accepted_frame(result, revision="edit", replaces=message_id))
+
+    async def revision_conversation(self, content: dict[str, Any]) -> uuid.UUID:
+        """The frame's conversation once its ownership is checked (audited otherwise); the
+        socket follows it before the new reply can start."""
+        conversation_id = _parse_uuid(content.get("conversation"), "conversation")
+        await db(selectors.conversation_get_owned)(user=self.user, public_id=conversation_id)
+        await self.subscribe(conversation_id)
+        return conversation_id
 
     async def handle_subscribe(self, content: dict[str, Any]) -> None:
         conversation_id = _parse_uuid(content.get("conversation"), "conversation")

@@ -172,6 +172,7 @@ def _state_for(conversation: Conversation, spec: ModelSpec, reply: Message) -> d
     last_reply = (
         Message.objects.filter(
             conversation=conversation,
+            superseded_by__isnull=True,  # state that saw an earlier version is not reused
             role=Message.Role.ASSISTANT,
             id__lt=reply.id,
             status__in=[Message.Status.COMPLETE, Message.Status.CANCELLED],

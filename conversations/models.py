@@ -125,6 +125,18 @@ class Message(models.Model):
     error = models.TextField(blank=True, help_text="Shown to the user; never a stack trace.")
     # The request that asked for this message; ties it to its audit events (and charges).
     request_id = models.CharField(max_length=64, blank=True)
+    # Set when the person regenerated this reply or edited this message and resent it
+    # (conversations.versions): the newer version of it. A superseded message is kept as an
+    # earlier version, shown as such, and left out of everything sent to a model.
+    superseded_by = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        # A conversation's deletion takes every version with it; nothing else may.
+        on_delete=models.RESTRICT,
+        related_name="earlier_versions",
+        editable=False,
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     # Refreshed by the process generating the reply while it streams (conversations.inflight);

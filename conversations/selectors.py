@@ -12,7 +12,7 @@ from django.db.models import Q, QuerySet, Sum
 from accounts.models import User
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.services import audit_record
-from conversations import streams
+from conversations import streams, versions
 from conversations.errors import not_found
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
@@ -127,13 +127,15 @@ def message_to_frame(message: Message) -> dict[str, Any]:
     """A message as the socket protocol and the page show it (see docs/websocket-protocol.md).
 
     User text is sent as text (the browser inserts it as text); finished replies as
-    sanitised HTML; a reply still streaming as its text so far with its sequence number.
+    sanitised HTML and their raw Markdown `text` (for copying; never inserted as HTML); a
+    reply still streaming as its text so far with its sequence number.
     """
     frame: dict[str, Any] = {
         "id": str(message.public_id),
         "role": message.role,
         "status": message.status,
         "model": message.model,
+        "created_at": message.created_at.isoformat(),
     }
     if message.role == Message.Role.USER:
         frame["text"] = message.content
@@ -143,8 +145,11 @@ def message_to_frame(message: Message) -> dict[str, Any]:
         frame["seq"] = snapshot["seq"] if snapshot else 0
     else:
         frame["html"] = render_markdown(message.content)
+        frame["text"] = message.content
         if message.status == Message.Status.FAILED:
             frame["error"] = message.error
+            if message.cost:  # charged for what streamed before it failed
+                frame["usage"] = reply_usage(message)
         else:  # complete or cancelled: what its `done` frame showed
             frame["usage"] = reply_usage(message)
     if message.role == Message.Role.ASSISTANT:
@@ -157,21 +162,38 @@ def message_to_frame(message: Message) -> dict[str, Any]:
 def conversation_snapshot(*, user: User, public_id: UUID) -> dict[str, Any]:
     """Everything a page needs to show the conversation now. Raises ChatError("not_found")."""
     conversation = conversation_get_owned(user=user, public_id=public_id)
+    messages = list(message_list(conversation=conversation))
+    earlier = versions.earlier_versions(messages)
+    frames = []
+    for message in messages:
+        if message.superseded_by_id is not None:
+            continue  # shown with the version that replaced it
+        frame = message_to_frame(message)
+        if message.pk in earlier:
+            older = earlier[message.pk]
+            frame["version"] = len(older) + 1
+            frame["versions"] = [
+                {**message_to_frame(old), "version": number}
+                for number, old in enumerate(older, start=1)
+            ][-versions.VERSIONS_SHOWN :]
+        frames.append(frame)
     return {
         "conversation": str(conversation.public_id),
         "title": conversation.title,
-        "messages": [message_to_frame(m) for m in message_list(conversation=conversation)],
+        "messages": frames,
     }
 
 
 def reply_history(*, reply: Message) -> list[Message]:
     """The turns before `reply` that the model should see, oldest first.
 
-    User turns and the text of finished or stopped replies; failed replies are left out.
-    Bounded by CHAT_HISTORY_MAX_MESSAGES (the providers issue bounds it by tokens).
+    User turns and the text of finished or stopped replies; failed replies and earlier
+    versions (regenerated, edited) are left out. Bounded by CHAT_HISTORY_MAX_MESSAGES (the
+    providers issue bounds it by tokens).
     """
     turns = (
-        Message.objects.filter(conversation_id=reply.conversation_id, id__lt=reply.id)
+        versions.current(Message.objects.filter(conversation_id=reply.conversation_id))
+        .filter(id__lt=reply.id)
         .exclude(role=Message.Role.ASSISTANT, status=Message.Status.FAILED)
         .exclude(content="")
         .order_by("-id")

@@ -26,10 +26,11 @@ from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.governed import governed_writes
 from audit.services import audit_record
-from conversations import selectors, streams
+from conversations import selectors, streams, versions
 from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
+from conversations.versions import Revision
 from costs.services import (
     BudgetExceeded,
     CallUsage,
@@ -276,6 +277,7 @@ def _fail_interrupted(replies: QuerySet[Message]) -> int:
                 Message.objects.filter(pk=reply.pk).update(
                     cost=settlement.cost, cost_estimated=settlement.estimated
                 )
+                reply.cost, reply.cost_estimated = settlement.cost, settlement.estimated
             _audit_reply_end(reply)
             transaction.on_commit(partial(metrics.replies_swept, stuck_in))
             transaction.on_commit(partial(_broadcast_error, reply))
@@ -345,6 +347,7 @@ def message_send(
     source: str = Conversation.Source.WEB,
     api_key: Any = None,
     options: ReplyOptions | None = None,
+    revision: Revision | None = None,
 ) -> SendResult:
     """Store the user's message and a pending reply, and start generating it on commit.
 
@@ -359,6 +362,9 @@ def message_send(
     `api_key`: the API key the call is made with (its own budgets apply on top of the
     owner's, and the audit event names it). `options`: the caller's generation settings
     (a lower cap on output tokens, which also lowers the budget hold; a temperature).
+    `revision`: this send replaces the conversation's last turn (`message_regenerate`,
+    `message_edit`); it may also raise not_last then, and is audited as
+    message.regenerated or message.edited instead of message.sent.
     Raises ChatError: invalid / too_large (text), model_unavailable, not_found (not the
     actor's conversation), busy (a reply is still being generated), guardrail_blocked (the
     guardrail policy refuses the text), rate_limited (too many messages this minute or
@@ -376,6 +382,7 @@ def message_send(
             source=Conversation.Source(source),
             api_key=api_key,
             options=options or ReplyOptions(),
+            revision=revision,
         )
     except ChatError as exc:
         reason = metrics.REFUSAL_REASONS.get(exc.code)
@@ -403,6 +410,7 @@ def _message_send(
     source: Conversation.Source,
     api_key: Any,
     options: ReplyOptions,
+    revision: Revision | None = None,
 ) -> SendResult:
     _check_message_rate(actor)
     text = _validate_text(text)
@@ -446,6 +454,7 @@ def _message_send(
             source=source,
             api_key=api_key,
             options=options,
+            revision=revision,
         )
         return replace(result, notice=redaction_notice(screening))
     except ChatError as exc:
@@ -560,7 +569,7 @@ def _input_estimate(
     """Input tokens the reply's first call will send: system prompt and history (the
     window), never more than the model's input budget."""
     turns = (
-        Message.objects.filter(conversation=conversation)
+        versions.current(Message.objects.filter(conversation=conversation))
         .exclude(role=Message.Role.ASSISTANT, status=Message.Status.FAILED)
         .order_by("-id")
         .values_list("role", "content")[: settings.CHAT_HISTORY_MAX_MESSAGES]
@@ -584,6 +593,7 @@ def _message_store(
     source: str = Conversation.Source.WEB,
     api_key: Any = None,
     options: ReplyOptions | None = None,
+    revision: Revision | None = None,
 ) -> SendResult:
     options = options or ReplyOptions()
     audited_options = options.audited()
@@ -622,16 +632,23 @@ def _message_store(
             conversation.title = title_from_text(text)
             fields.append("title")
         conversation.save(update_fields=fields)
+    # A new version of the last turn: checked under the conversation's lock (not_last, busy).
+    target = None
+    if revision is not None:
+        target = versions.revision_target(conversation=conversation, revision=revision)
 
     _check_replies_in_flight(actor)
-    user_message = Message.objects.create(
-        conversation=conversation,
-        role=Message.Role.USER,
-        content=text,
-        status=Message.Status.COMPLETE,
-        model=model.key,
-        request_id=request_id,
-    )
+    if target is not None and revision is not None and revision.kind == "regenerate":
+        user_message = target.user_message  # answered again
+    else:
+        user_message = Message.objects.create(
+            conversation=conversation,
+            role=Message.Role.USER,
+            content=text,
+            status=Message.Status.COMPLETE,
+            model=model.key,
+            request_id=request_id,
+        )
     try:
         with transaction.atomic():
             reply = Message.objects.create(
@@ -647,6 +664,9 @@ def _message_store(
         raise ChatError(
             "busy", "A reply is still being written in this conversation. Wait or stop it."
         ) from None
+    if target is not None:
+        # Before the estimate below: the earlier version is no longer part of the window.
+        versions.revision_apply(target=target, user_message=user_message, reply=reply)
 
     # Before anything can reach a provider: hold the call's maximum cost against every
     # budget that applies, or refuse (BudgetExceeded rolls all of this back).
@@ -667,12 +687,13 @@ def _message_store(
             screening=screening, actor=actor, conversation=conversation, message=user_message
         )
     audit_record(
-        action=AuditAction.MESSAGE_SENT,
+        action=revision.action if revision is not None else AuditAction.MESSAGE_SENT,
         actor=actor,
         target=conversation,
         details={
             "message": str(user_message.public_id),
             "reply": str(reply.public_id),
+            **({"replaces": str(revision.message_id)} if revision is not None else {}),
             "model": model.key,
             "characters": len(text),
             "new_conversation": created,
@@ -688,6 +709,94 @@ def _message_store(
     transaction.on_commit(partial(dispatch, generate_reply, reply.pk))
     return SendResult(
         conversation=conversation, user_message=user_message, reply=reply, created=created
+    )
+
+
+def _revision_message(
+    *, actor: User, conversation_id: UUID, message_id: UUID, kind: str
+) -> Message:
+    """The message a regenerate or edit names, in one of the actor's conversations. Raises
+    ChatError("not_found"), audited as an access denial, otherwise."""
+    role = Message.Role.ASSISTANT if kind == "regenerate" else Message.Role.USER
+    message = Message.objects.filter(
+        public_id=message_id,
+        role=role,
+        conversation__public_id=conversation_id,
+        conversation__owner=actor,
+        conversation__deleted_at__isnull=True,
+    ).first()
+    if message is None:
+        audit_record(
+            action=AuditAction.CONVERSATION_ACCESS_DENIED,
+            actor=actor,
+            target=(TargetType.MESSAGE, message_id),
+            outcome=AuditOutcome.DENIED,
+            details={"reason": "not_owner", "operation": kind},
+        )
+        noun = "reply" if kind == "regenerate" else "message"
+        raise ChatError("not_found", f"That {noun} does not exist or is not yours.")
+    return message
+
+
+def message_regenerate(
+    *, actor: User, conversation_id: UUID, reply_id: UUID, model_key: object = None
+) -> SendResult:
+    """A new version of the conversation's last reply: the message it answers is answered
+    again by a new provider call, admitted exactly as a send (`message_send`), with
+    `model_key` or the earlier reply's model. The earlier reply is kept as a previous
+    version with its own ledger entries; the new one is charged for its own call. Audited
+    as message.regenerated.
+
+    Raises ChatError: not_found (no such reply in the actor's conversation; audited),
+    not_last (not the last reply), busy (a reply is in flight), and whatever
+    `message_send` raises (rate_limited, model_unavailable, guardrail_blocked,
+    budget_exceeded…).
+    """
+    reply = _revision_message(
+        actor=actor, conversation_id=conversation_id, message_id=reply_id, kind="regenerate"
+    )
+    answered = (
+        versions.current(Message.objects.filter(conversation_id=reply.conversation_id))
+        .filter(role=Message.Role.USER, id__lt=reply.pk)
+        .order_by("-id")
+        .first()
+    )
+    if answered is None:
+        raise ChatError("not_last", versions.NOT_LAST["regenerate"])
+    return message_send(
+        actor=actor,
+        text=answered.content,
+        model_key=model_key or reply.model,
+        conversation_id=conversation_id,
+        revision=Revision("regenerate", reply_id, answers=answered.pk),
+    )
+
+
+def message_edit(
+    *,
+    actor: User,
+    conversation_id: UUID,
+    message_id: UUID,
+    text: object,
+    model_key: object = None,
+) -> SendResult:
+    """Replace the conversation's last user message with `text` and answer it anew: the
+    new text is admitted exactly as a send (`message_send`: validation, guardrails, budget
+    reservation…). The earlier message and its reply are kept as a previous version.
+    Audited as message.edited.
+
+    Raises ChatError: not_found (no such message in the actor's conversation; audited),
+    not_last, busy, and whatever `message_send` raises.
+    """
+    message = _revision_message(
+        actor=actor, conversation_id=conversation_id, message_id=message_id, kind="edit"
+    )
+    return message_send(
+        actor=actor,
+        text=text,
+        model_key=model_key or message.model,
+        conversation_id=conversation_id,
+        revision=Revision("edit", message_id),
     )
 
 
@@ -980,6 +1089,7 @@ def _broadcast_done(reply: Message) -> None:
             "message": str(reply.public_id),
             "status": reply.status,
             "html": render_markdown(reply.content),
+            "text": reply.content,  # the raw Markdown, for copying (never inserted as HTML)
             "stop_reason": reply.stop_reason,
             "usage": selectors.reply_usage(reply),
             "timings": {
@@ -1036,5 +1146,7 @@ def _broadcast_error(reply: Message) -> None:
             "message": str(reply.public_id),
             "code": reply.error_code,
             "reason": reply.error,
+            # What streamed before the failure was charged: shown as on the page.
+            **({"usage": selectors.reply_usage(reply)} if reply.cost else {}),
         },
     )

@@ -87,7 +87,7 @@ def read_conversation(arguments: Mapping[str, Any], user: User) -> str:
     is too long. Raises ToolFailed (bad id) or ToolRefused (not the user's)."""
     conversation = _owned(user, arguments["conversation_id"])
     newest_first = (
-        Message.objects.filter(conversation=conversation)
+        Message.objects.filter(conversation=conversation, superseded_by__isnull=True)
         .exclude(content="")
         .exclude(role=Message.Role.ASSISTANT, status=Message.Status.FAILED)
         .order_by("-id")

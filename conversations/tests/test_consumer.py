@@ -296,6 +296,7 @@ async def test_subscribe_mid_stream_gets_a_snapshot_and_then_the_rest(
         "status": "complete",
         "model": "demo",
         "text": "watch me",
+        "created_at": accepted["user_created_at"],
     }
     assert reply["id"] == accepted["message"] and reply["status"] == "streaming"
     assert reply["seq"] >= 2

@@ -80,9 +80,12 @@ async def test_a_reply_whose_worker_died_is_failed_and_its_socket_told(
         "message": str(reply.public_id),
         "code": "interrupted",
         "reason": error["reason"],
+        "usage": error["usage"],
     }
     assert "interrupted" in error["reason"]
     await sync_to_async(reply.refresh_from_db)()
+    # The estimate it was charged is shown with the error, as after a reload.
+    assert error["usage"]["cost"] == str(reply.cost) and error["usage"]["estimated"] is True
     assert reply.status == "failed" and reply.error_code == "interrupted"
     # No hold left behind; the text that had streamed is charged once, as an estimate.
     assert await sync_to_async(Reservation.objects.filter(status="held").count)() == 0

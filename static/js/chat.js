@@ -6,6 +6,7 @@ import { enhanceCodeBlocks } from "./code-blocks.js";
 import { followVisualViewport, setUpDrawer } from "./drawer.js";
 import { appendStreamed } from "./stream-render.js";
 import "./model_info.js"; // the picker's description and price line
+import { installMessages, remember, revisionAccepted, revisionRefused } from "./messages.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
@@ -135,6 +136,7 @@ function renderMessage(message) {
   if (message.status === "cancelled") addNote(article, "msg-note", "Stopped.");
   if (message.error) addNote(article, "msg-error", message.error);
   if (message.usage) showCost(article, message.usage); // finished replies, as `done` showed
+  remember(article, message); // time, versions, copy (messages.js)
   return article;
 }
 
@@ -202,9 +204,11 @@ const handlers = {
   },
 
   accepted(frame) {
+    if (frame.revision) return revisionAccepted(frame); // a regenerate or an edit (messages.js)
     if (state.pendingBubble) {
       state.pendingBubble.dataset.id = frame.user_message;
       if (frame.notice) addNote(state.pendingBubble, "msg-note", frame.notice);
+      remember(state.pendingBubble, { id: frame.user_message, text: state.pendingText, created_at: frame.user_created_at });
     }
     state.pendingText = null;
     state.pendingBubble = null;
@@ -216,6 +220,7 @@ const handlers = {
       addToSidebar(frame.conversation, frame.title);
     }
     const article = bubble("assistant", frame.message, "pending");
+    remember(article, { id: frame.message, created_at: frame.created_at });
     state.reply = { id: frame.message, seq: 0, body: article.querySelector(".msg-body"), gap: false };
     setBusy(true);
     scrollToEnd();
@@ -254,6 +259,7 @@ const handlers = {
     renderExtras(article, frame.tools, frame.notice);
     if (frame.status === "cancelled") addNote(article, "msg-note", "Stopped.");
     showCost(article, frame.usage);
+    remember(article, { id: frame.message, text: frame.text });
     if (frame.budgets) showBudgets(frame.budgets);
     if (state.reply && state.reply.id === frame.message) state.reply = null;
     setBusy(state.reply !== null);
@@ -284,9 +290,14 @@ const handlers = {
       if (article) {
         article.dataset.status = "failed";
         addNote(article, "msg-error", frame.reason);
+        if (frame.usage) showCost(article, frame.usage); // charged for what had streamed
       }
       if (state.reply && state.reply.id === frame.message) state.reply = null;
       setBusy(state.reply !== null);
+      return;
+    }
+    if (revisionRefused()) {
+      showError(frame.reason);
       return;
     }
     if (state.pendingBubble) {
@@ -411,6 +422,7 @@ setUpDrawer({
   main: document.querySelector("main.chat"),
 });
 followVisualViewport();
+installMessages({ state, el, config, resubscribe, showError, clearError });
 connect();
 
 // A reply that has been silent for a long time may have ended while a frame was lost on
