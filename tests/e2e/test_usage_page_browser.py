@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.axe import assert_no_serious_violations
 from tests.e2e.conftest import ARTIFACTS, RestartableServer
 from tests.e2e.test_browser import browser, log_in  # noqa: F401 (fixtures)
 from tests.e2e.test_csp_browser import Violations
@@ -35,18 +36,6 @@ Budget.objects.create(name="My allowance", scope="user", user=admin, period="mon
 """
 
 WIDTHS = [(1280, 900), (390, 844)]
-
-
-def serious_violations(page: Any) -> list[str]:
-    # The lead switches this to tests/e2e/axe.py's shared helper on merge.
-    from axe_playwright_python.sync_playwright import Axe
-
-    results = Axe().run(page)
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:3]}"
-        for v in results.response["violations"]
-        if v.get("impact") in {"serious", "critical"}
-    ]
 
 
 @pytest.mark.parametrize(("width", "height"), WIDTHS)
@@ -102,7 +91,7 @@ def test_usage_page_picker_and_explained_refusal(
         # Nothing wider than the screen but the scrollable tables and charts.
         assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
         page.screenshot(path=str(ARTIFACTS / f"my-usage-{width}.png"), full_page=True)
-        assert serious_violations(page) == []
+        assert_no_serious_violations(page)
 
         # A budget too small for the call's worst case: the refusal explains it.
         restartable_server.manage(
