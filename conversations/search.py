@@ -164,16 +164,16 @@ def rebuild(
     its own transaction), and drop the index of deleted ones. Idempotent."""
     report = RebuildReport()
     key = search_key()
-    report.removed = SearchDocument.objects.filter(
-        conversation__deleted_at__isnull=False
-    ).delete()[0]
+    report.removed = SearchDocument.objects.filter(conversation__deleted_at__isnull=False).delete()[
+        0
+    ]
     last = 0
     live = Message.objects.filter(conversation__deleted_at__isnull=True).exclude(content="")
     while True:
         batch = list(
-            live.filter(pk__gt=last).only("pk", "content", "conversation_id").order_by("pk")[
-                :batch_size
-            ]
+            live.filter(pk__gt=last)
+            .only("pk", "content", "conversation_id")
+            .order_by("pk")[:batch_size]
         )
         if not batch:
             break
@@ -206,9 +206,9 @@ def rebuild(
     conversations = Conversation.objects.filter(deleted_at__isnull=True).exclude(title="")
     while True:
         chunk = list(
-            conversations.filter(pk__gt=last).only("pk", "owner_id", "title").order_by("pk")[
-                :batch_size
-            ]
+            conversations.filter(pk__gt=last)
+            .only("pk", "owner_id", "title")
+            .order_by("pk")[:batch_size]
         )
         if not chunk:
             break
@@ -255,17 +255,17 @@ def _matching(user: User, tokens: list[str]) -> QuerySet[SearchDocument]:
         conversation__source=Conversation.Source.WEB,
     )
     if connection.vendor == "postgresql":
-        table = SearchDocument._meta.db_table
+        # Unqualified: the only `search_vector` in any join, and right under a subquery's alias.
         terms = " ".join(tokens)
         return docs.filter(
-            RawSQL(  # noqa: S611  (a fixed table name; the terms are a parameter)
-                f"{table}.search_vector @@ plainto_tsquery('simple', %s)",
+            RawSQL(
+                "search_vector @@ plainto_tsquery('simple', %s)",
                 [terms],
                 output_field=BooleanField(),
             )
         ).annotate(
-            rank=RawSQL(  # noqa: S611
-                f"ts_rank({table}.search_vector, plainto_tsquery('simple', %s))",
+            rank=RawSQL(
+                "ts_rank(search_vector, plainto_tsquery('simple', %s))",
                 [terms],
                 output_field=FloatField(),
             )

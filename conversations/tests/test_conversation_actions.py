@@ -149,7 +149,7 @@ def test_export_content(owner) -> None:
     assert text.startswith("# Launch plan\n")
     assert "## You · " in text and "What **is** the plan?" in text
     assert "## Assistant (demo) · " in text and "1. ship" in text
-    assert "> Used tool `web_search` with `{\"q\": \"x\"}`: result of 3 characters." in text
+    assert '> Used tool `web_search` with `{"q": "x"}`: result of 3 characters.' in text
     assert "> Used tool `read` (failed)" in text
     assert text.index("What **is**") < text.index("1. ship")
     assert exported.filename.startswith("launch-plan-") and exported.filename.endswith(".md")

@@ -143,9 +143,7 @@ def test_no_plaintext_word_is_stored(owner, say) -> None:
     assert set(stored.replace(" ", "")) <= set("abcdefghijklmnop")
 
 
-def test_the_search_key_rotates_with_the_master_key_without_reindex(
-    owner, say, settings
-) -> None:
+def test_the_search_key_rotates_with_the_master_key_without_reindex(owner, say, settings) -> None:
     old = generate_master_key()
     settings.ENCRYPTION_KMS_KEY_ID = ""
     settings.ENCRYPTION_MASTER_KEY = old
