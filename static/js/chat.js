@@ -2,6 +2,8 @@
 // Protocol: docs/websocket-protocol.md. Model output arrives as plain text while streaming
 // (inserted with textContent, never as HTML) and as server-sanitised HTML when done.
 
+import { conversationOpened, setupConversations } from "./conversations.js";
+
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
 const el = {
@@ -208,6 +210,7 @@ const handlers = {
       el.title.textContent = frame.title;
       document.title = `${frame.title} · Enterprise AI`;
       addToSidebar(frame.conversation, frame.title);
+      conversationOpened(frame.conversation);
     }
     const article = bubble("assistant", frame.message, "pending");
     state.reply = { id: frame.message, seq: 0, body: article.querySelector(".msg-body"), gap: false };
@@ -397,6 +400,7 @@ el.stop.addEventListener("click", () => {
 el.model.addEventListener("change", updateDemoNotice);
 
 updateDemoNotice();
+setupConversations(config.conversation);
 connect();
 
 // A reply that has been silent for a long time may have ended while a frame was lost on
