@@ -69,7 +69,9 @@ def test_rename_export_delete_and_search(
 
     server = restartable_server.server
     width, height = VIEWPORTS[viewport]
-    context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+    context = browser.new_context(
+        viewport={"width": width, "height": height}, accept_downloads=True
+    )
     page = context.new_page()
     violations = Violations(page)
     try:
