@@ -110,9 +110,12 @@ def index_message(message: Message) -> None:
     if not tokens:
         SearchDocument.objects.filter(message_id=message.pk).delete()
         return
-    owner_id = Conversation.objects.values_list("owner_id", flat=True).get(
-        pk=message.conversation_id
-    )
+    if Message._meta.get_field("conversation").is_cached(message):
+        owner_id = message.conversation.owner_id
+    else:
+        owner_id = Conversation.objects.values_list("owner_id", flat=True).get(
+            pk=message.conversation_id
+        )
     SearchDocument.objects.update_or_create(
         message_id=message.pk,
         defaults={
