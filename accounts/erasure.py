@@ -94,6 +94,7 @@ def _refuse(*, actor: Any, person: User, code: str, message: str) -> ErasureRefu
 
 def _erase_content(person: User, now: Any) -> dict[str, int]:
     from conversations.models import Conversation, Message
+    from conversations.search import forget_person
 
     conversations = Conversation.objects.filter(owner_id=person.pk)
     messages = Message.objects.filter(conversation__owner_id=person.pk).update(
@@ -102,6 +103,7 @@ def _erase_content(person: User, now: Any) -> dict[str, int]:
     count = conversations.count()
     conversations.update(title="", provider_state={})
     conversations.filter(deleted_at__isnull=True).update(deleted_at=now)
+    forget_person(person.pk)  # the blind search index of their words (conversations.search)
     return {"conversations": count, "messages": messages}
 
 

@@ -41,6 +41,8 @@ class AuditAction(models.TextChoices):
     CONVERSATION_CREATED = "conversation.created", "Conversation created (without a message)"
     CONVERSATION_DELETED = "conversation.deleted", "Conversation deleted by its owner"
     CONVERSATION_DELETE_REFUSED = "conversation.delete_refused", "Conversation deletion refused"
+    CONVERSATION_RENAMED = "conversation.renamed", "Conversation renamed by its owner"
+    CONVERSATION_EXPORTED = "conversation.exported", "Conversation exported by its owner"
     # Administration (mirrors Django's admin log)
     ADMIN_ADD = "admin.add", "Added in the console"
     ADMIN_CHANGE = "admin.change", "Changed in the console"

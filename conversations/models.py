@@ -197,3 +197,38 @@ class Message(models.Model):
     @property
     def is_in_flight(self) -> bool:
         return self.status in self.IN_FLIGHT
+
+
+class SearchDocument(models.Model):
+    """The blind search index of one message's text or one conversation's title
+    (conversations.search, docs/data-protection.md "Search"): keyed tokens of its words,
+    never the words. `message` is empty for the title's document.
+
+    On PostgreSQL the table also has `search_vector` (a tsvector generated from `tokens`,
+    'simple' configuration) with a GIN index, made by migration 0012 and unknown to the
+    ORM; the embedded default (SQLite) matches `tokens` with LIKE.
+    """
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="search_documents"
+    )
+    message = models.OneToOneField(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="search_document"
+    )
+    # " tok1 tok2 … " (space-delimited, with a space at each end, so `LIKE '% tok %'` works).
+    tokens = models.TextField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=models.Q(message__isnull=True),
+                name="searchdoc_one_title_per_conversation",
+            ),
+        ]
+        indexes = [models.Index(fields=["owner", "conversation"], name="searchdoc_owner_idx")]
+
+    def __str__(self) -> str:
+        return f"search document {self.pk}"

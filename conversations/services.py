@@ -26,7 +26,7 @@ from audit import context as audit_context
 from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.governed import governed_writes
 from audit.services import audit_record
-from conversations import selectors, streams, versions
+from conversations import search, selectors, streams, versions
 from conversations.errors import ChatError, not_found
 from conversations.models import Conversation, Message
 from conversations.rendering import render_markdown
@@ -632,6 +632,8 @@ def _message_store(
             conversation.title = title_from_text(text)
             fields.append("title")
         conversation.save(update_fields=fields)
+    if created or "title" in fields:
+        search.index_title(conversation)  # the blind search index (conversations.search)
     # A new version of the last turn: checked under the conversation's lock (not_last, busy).
     target = None
     if revision is not None:
@@ -649,6 +651,7 @@ def _message_store(
             model=model.key,
             request_id=request_id,
         )
+        search.index_message(user_message)
     try:
         with transaction.atomic():
             reply = Message.objects.create(
@@ -821,6 +824,7 @@ def conversation_create(
         conversation = Conversation.objects.create(
             owner=actor, title=title, model=model.key, source=Conversation.Source(source)
         )
+        search.index_title(conversation)
         audit_record(
             action=AuditAction.CONVERSATION_CREATED,
             actor=actor,
@@ -869,6 +873,7 @@ def conversation_delete(*, actor: User, public_id: UUID) -> Conversation:
             conversation.provider_state = {}
             conversation.deleted_at = timezone.now()
             conversation.save(update_fields=["title", "provider_state", "deleted_at"])
+            search.forget_conversations([conversation.pk])
             audit_record(
                 action=AuditAction.CONVERSATION_DELETED,
                 actor=actor,
@@ -1021,6 +1026,7 @@ def reply_finish(*, reply: Message, outcome: ReplyOutcome) -> bool:
             Message.objects.filter(pk=reply.pk).update(
                 cost=settlement.cost, cost_estimated=settlement.estimated
             )
+            search.index_message(reply)
             _audit_reply_end(reply)
     if not updated:
         return False
@@ -1149,4 +1155,59 @@ def _broadcast_error(reply: Message) -> None:
             # What streamed before the failure was charged: shown as on the page.
             **({"usage": selectors.reply_usage(reply)} if reply.cost else {}),
         },
+    )
+
+
+def conversation_rename(*, actor: User, public_id: UUID, title: object) -> Conversation:
+    """Give one of the actor's conversations a new title (whitespace collapsed; 1 to
+    TITLE_MAX characters). Moves its last activity forward, like a message. Audited as
+    `conversation.renamed` with the title's length, never the title.
+
+    Raises ChatError: invalid (not text, empty, a character that cannot be stored),
+    too_large, not_found (not the actor's, or deleted; audited as an access denial),
+    legal_hold (the conversation or its owner is under legal hold; audited as denied).
+    """
+    if not isinstance(title, str):
+        raise ChatError("invalid", "The title must be text.")
+    title = " ".join(title.split())
+    if not title:
+        raise ChatError("invalid", "The title is empty.")
+    if "\x00" in title or not storable(title):
+        raise ChatError("invalid", "The title contains a character that is not allowed.")
+    if len(title) > TITLE_MAX:
+        raise ChatError("too_large", f"A title has at most {TITLE_MAX} characters.")
+    with transaction.atomic():
+        conversation = (
+            Conversation.objects.select_for_update()
+            .select_related("owner")
+            .filter(public_id=public_id, owner=actor, deleted_at__isnull=True)
+            .first()
+        )
+        if conversation is not None and not (
+            conversation.legal_hold or conversation.owner.legal_hold
+        ):
+            conversation.title = title
+            conversation.save(update_fields=["title", "updated_at"])
+            search.index_title(conversation)
+            audit_record(
+                action=AuditAction.CONVERSATION_RENAMED,
+                actor=actor,
+                target=conversation,
+                details={"characters": len(title), "source": conversation.source},
+            )
+            return conversation
+    if conversation is None:
+        conversation_access_denied(actor=actor, conversation_id=public_id)
+        raise not_found()
+    audit_record(
+        action=AuditAction.CONVERSATION_RENAMED,
+        actor=actor,
+        target=conversation,
+        outcome=AuditOutcome.DENIED,
+        details={"reason": "legal_hold", "source": conversation.source},
+    )
+    raise ChatError(
+        "legal_hold",
+        "This conversation is under legal hold, so it cannot be renamed now. Your compliance "
+        "team can tell you more.",
     )

@@ -519,6 +519,8 @@ CHAT_MESSAGES_PER_MINUTE = env.int("CHAT_MESSAGES_PER_MINUTE", 20, min_value=0)
 CHAT_MAX_REPLIES_IN_FLIGHT = env.int("CHAT_MAX_REPLIES_IN_FLIGHT", 3, min_value=0)
 # Frames of any kind one person may send per minute over all their sockets (0: no limit).
 CHAT_FRAMES_PER_MINUTE = env.int("CHAT_FRAMES_PER_MINUTE", 120, min_value=0)
+# Searches of one's own conversations per person per minute (0: no limit).
+CHAT_SEARCHES_PER_MINUTE = env.int("CHAT_SEARCHES_PER_MINUTE", 60, min_value=0)
 # Requests one API key may make per minute, every endpoint counted (0: no limit); a key's
 # own `rate_limit_per_minute` replaces it for that key. Messages also count against the
 # owner's CHAT_MESSAGES_PER_MINUTE, whichever entry point sends them.

@@ -27,6 +27,10 @@ from protection.cache import LruTtlCache
 from protection.models import DataKey, new_key_id
 
 TRANSCRIPTS = "transcripts"
+# The key of the chat search's blind index (conversations.search): one for all time (its
+# `period` is STANDING), never retired by re-encryption, re-wrapped with every data key.
+SEARCH = "search"
+STANDING = "standing"
 PREFIX = "enc:"  # every encrypted column value starts so; "" stays "" (see docs)
 
 
@@ -73,10 +77,11 @@ def current_period() -> str:
     return timezone.now().strftime("%Y-%m")
 
 
-def key_for_writing(purpose: str = TRANSCRIPTS) -> tuple[str, bytes]:
-    """(key id, plaintext key) of the active data key for this purpose and month, created
-    (wrapped under the current master key) on first use. Raises KeyUnavailableError."""
-    period = current_period()
+def key_for_writing(purpose: str = TRANSCRIPTS, period: str = "") -> tuple[str, bytes]:
+    """(key id, plaintext key) of the active data key for this purpose and month (or the
+    given `period`, e.g. STANDING), created (wrapped under the current master key) on first
+    use. Raises KeyUnavailableError."""
+    period = period or current_period()
     cached = _for_writing.get((purpose, period))
     if cached is not None:
         return cached

@@ -35,6 +35,7 @@ from audit.catalogue import AuditAction, AuditOutcome, TargetType
 from audit.governed import governed_writes
 from audit.services import audit_record
 from conversations.models import Conversation, Message
+from conversations.search import forget_conversations
 from retention import rules as retention_rules
 from retention.models import ConversationRetention, RetentionPolicy
 from retention.rules import Rule
@@ -209,6 +210,8 @@ def _act(ids: list[int], *, action: str, now: dt.datetime, key: str) -> int:
         messages = Message.objects.filter(conversation_id__in=ids).count()
         Conversation.objects.filter(pk__in=ids).update(deleted_at=removed_at)
         marks = {"removed_at": now}
+    # Erased or hidden from the owner: either way gone from their search (conversations.search).
+    forget_conversations(ids)
     ConversationRetention.objects.bulk_create(
         [ConversationRetention(conversation_id=pk, applied_by=key, **marks) for pk in ids],
         update_conflicts=True,

@@ -77,7 +77,9 @@ def test_one_data_key_per_month_wrapped_and_cached(
 ) -> None:
     chat_turn(owner, monkeypatch)
     chat_turn(owner, monkeypatch, "a second conversation")
-    data_key = DataKey.objects.get()
+    # One transcript key for the month (and the chat search's standing key, conversations.search).
+    data_key = DataKey.objects.get(purpose=datakeys.TRANSCRIPTS)
+    assert DataKey.objects.exclude(purpose=datakeys.TRANSCRIPTS).get().purpose == datakeys.SEARCH
     assert data_key.period == datakeys.current_period()
     assert data_key.master_key_id.startswith("local:")
     assert len(bytes(data_key.wrapped)) > 32  # only the wrapped form is stored

@@ -28,6 +28,15 @@ def raw(sql: str) -> list[tuple[Any, ...]]:
         return list(cursor.fetchall())
 
 
+@pytest.fixture(autouse=True)
+def _latest_schema_afterwards() -> Any:
+    """Leave the database at the latest migrations (later ones add tables other tests use)."""
+    yield
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
 @pytest.mark.django_db(transaction=True)
 def test_existing_rows_are_sealed_and_the_reverse_opens_them(owner: Any, local_master: str) -> None:
     old = migrate(BEFORE)

@@ -51,13 +51,14 @@ def test_local_master_key_rotation(turn: Any, local_master: str, settings: Any) 
     assert transcript() == before
     turn("Written after the new key")  # new writes work meanwhile
 
-    # Step 2: re-wrap every data key (and the people's audit keys) under the new master key.
+    # Step 2: re-wrap every data key (the month's transcript key and the chat search's key,
+    # conversations.search) and the people's audit keys under the new master key.
     output = rotate()
-    assert "1 data keys re-wrapped" in output
+    assert "2 data keys re-wrapped" in output
     assert "1 people's audit keys re-wrapped, 0 failed" in output
     event = AuditEvent.objects.filter(action=AuditAction.ENCRYPTION_KEYS_ROTATED).get()
-    assert event.details["rewrapped"] == 1 and event.details["failed"] == 0
-    assert DataKey.objects.get().rotated_at is not None
+    assert event.details["rewrapped"] == 2 and event.details["failed"] == 0
+    assert all(key.rotated_at is not None for key in DataKey.objects.all())
 
     # Step 3: the old key retired; everything reads with the new key alone.
     settings.ENCRYPTION_PREVIOUS_MASTER_KEYS = []
@@ -72,7 +73,7 @@ def test_local_master_key_rotation(turn: Any, local_master: str, settings: Any) 
     assert personal.reveal(sent).actor_email == sent.actor.email.lower()
 
     # Idempotent: nothing left to re-wrap.
-    assert "0 data keys re-wrapped, 1 already under it" in rotate()
+    assert "0 data keys re-wrapped, 2 already under it" in rotate()
 
 
 def test_without_the_rotation_a_retired_master_key_is_unreadable(
@@ -93,13 +94,13 @@ def test_kms_master_key_rotation(turn: Any, kms: Any, settings: Any, local_maste
     settings.ENCRYPTION_KMS_KEY_ID = old_arn
     turn("Written under the first KMS key")
     before = transcript()
-    assert DataKey.objects.get().master_key_id == "kms:" + old_arn
+    assert {k.master_key_id for k in DataKey.objects.all()} == {"kms:" + old_arn}
 
     new_arn = str(kms.create_key()["KeyMetadata"]["Arn"])
     settings.ENCRYPTION_KMS_KEY_ID = new_arn
     assert transcript() == before  # the old KMS key still opens its data keys
-    assert "1 data keys re-wrapped" in rotate()
-    assert DataKey.objects.get().master_key_id == "kms:" + new_arn
+    assert "2 data keys re-wrapped" in rotate()
+    assert {k.master_key_id for k in DataKey.objects.all()} == {"kms:" + new_arn}
 
     _forget_kms_key(old_arn)
     datakeys.clear_cache()

@@ -7,6 +7,7 @@ import { followVisualViewport, setUpDrawer } from "./drawer.js";
 import { appendStreamed } from "./stream-render.js";
 import "./model_info.js"; // the picker's description and price line
 import { installMessages, remember, revisionAccepted, revisionRefused } from "./messages.js";
+import { conversationOpened, setupConversations } from "./conversations.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 
@@ -218,6 +219,7 @@ const handlers = {
       el.title.textContent = frame.title;
       document.title = `${frame.title} · Enterprise AI`;
       addToSidebar(frame.conversation, frame.title);
+      conversationOpened(frame.conversation);
     }
     const article = bubble("assistant", frame.message, "pending");
     remember(article, { id: frame.message, created_at: frame.created_at });
@@ -423,6 +425,7 @@ setUpDrawer({
 });
 followVisualViewport();
 installMessages({ state, el, config, resubscribe, showError, clearError });
+setupConversations(config.conversation);
 connect();
 
 // A reply that has been silent for a long time may have ended while a frame was lost on

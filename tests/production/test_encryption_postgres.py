@@ -24,6 +24,9 @@ from protection.tests.conftest import (  # noqa: F401 - fixtures shared with the
     local_master,
     turn,
 )
+from protection.tests.test_migration import (  # noqa: F401 - the fixture restores the schema
+    _latest_schema_afterwards,
+)
 from protection.tests.test_migration import (
     test_existing_rows_are_sealed_and_the_reverse_opens_them as migration_round_trip,
 )
