@@ -79,6 +79,8 @@ def render(conversation: Conversation, messages: list[Message]) -> str:
         else:
             model = message.answered_by or message.model
             who = f"Assistant ({model})" if model else "Assistant"
+        if message.superseded_by_id is not None:
+            who += " · earlier version, replaced"  # regenerated or edited (conversations.versions)
         lines += ["", "---", "", f"## {who} · {_when(message.created_at)}", ""]
         tools = message.tool_events if isinstance(message.tool_events, list) else []
         if tools:

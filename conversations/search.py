@@ -333,7 +333,7 @@ def conversation_search(*, user: User, query: object, limit: int = RESULTS_MAX) 
         for m in Message.objects.filter(
             pk__in=[pk for pk in best.values() if pk is not None],
             conversation__owner=user,
-        ).only("pk", "public_id", "content")
+        ).only("pk", "public_id", "content", "superseded_by_id")
     }
     hits = []
     for conversation in conversations:
@@ -344,7 +344,13 @@ def conversation_search(*, user: User, query: object, limit: int = RESULTS_MAX) 
                 title=str(conversation.title),
                 snippet=snippet(_indexable(message.content), words) if message else "",
                 updated_at=conversation.updated_at,
-                message=str(message.public_id) if message else None,
+                # An earlier version (regenerated or edited) is not on the page on its own:
+                # the link opens the conversation without pointing at it.
+                message=(
+                    str(message.public_id)
+                    if message is not None and message.superseded_by_id is None
+                    else None
+                ),
             )
         )
     return hits

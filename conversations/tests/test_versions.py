@@ -379,3 +379,34 @@ def test_a_failed_reply_that_was_charged_shows_its_cost_live_and_after_a_reload(
     client.force_login(owner)
     page = client.get(f"/c/{result.conversation.public_id}/").content.decode()
     assert f"· {reply.cost} USD (estimated)</p>" in page
+
+
+def test_export_marks_earlier_versions_and_search_never_points_at_one(owner, calls) -> None:
+    from conversations.export import conversation_export
+    from conversations.search import conversation_search
+
+    first = answered(message_send(actor=owner, text="Tell me about walruses", model_key="demo"))
+    edited = answered(
+        message_edit(
+            actor=owner,
+            conversation_id=first.conversation.public_id,
+            message_id=first.user_message.public_id,
+            text="Tell me about narwhals",
+        )
+    )
+
+    text = conversation_export(actor=owner, public_id=first.conversation.public_id).text
+    # Both versions are exported, oldest first; only the earlier ones are marked as replaced.
+    assert text.index("walruses") < text.index("narwhals")
+    assert text.count("earlier version, replaced") == 2  # the first message and its reply
+    narwhals_heading = text[: text.index("Tell me about narwhals")].rsplit("## ", 1)[1]
+    assert "earlier version" not in narwhals_heading
+
+    # The earlier message is still found (it is the person's own text), but the hit does not
+    # point at it: it is not on the page on its own.
+    (hit,) = conversation_search(user=owner, query="walruses")
+    assert hit.conversation == str(first.conversation.public_id) and hit.message is None
+    assert "walruses" in hit.snippet
+    (hit,) = conversation_search(user=owner, query="narwhals")
+    # The demo reply quotes the question: either current message may be the best match.
+    assert hit.message in {str(edited.user_message.public_id), str(edited.reply.public_id)}
