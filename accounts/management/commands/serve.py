@@ -6,6 +6,7 @@ and the sweeper of stuck replies always.
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
@@ -15,6 +16,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from accounts import first_run
 from conversations import inflight
 from enterprise_ai import daphne_server, db_role, scheduler
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -53,6 +56,10 @@ class Command(BaseCommand):
         """The last lines on the terminal, once the server listens: where to open it, and
         the first-run administrator's generated password while it is unchanged (make run)."""
         url = f"http://{host}:{port}/"
+        if settings.LOG_FORMAT == "json":
+            # The production path: every line on stdout is a JSON log record (docs/operations.md).
+            logger.info("serving on %s", url)
+            return
         credentials = first_run.credentials_pending()
         if credentials is None:
             self.stdout.write(f"Serving on {url}  (Ctrl+C to stop)")
