@@ -955,8 +955,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--insert-events",
         type=int,
-        default=int(os.environ.get("BENCH_INSERT_EVENTS", "2000")),
-        help="events inserted per writer configuration (default: BENCH_INSERT_EVENTS or 2,000)",
+        default=int(os.environ.get("BENCH_INSERT_EVENTS", "8000")),
+        help="events inserted per writer configuration (default: BENCH_INSERT_EVENTS or 8,000)",
     )
     parser.add_argument("--writers", default="1,8", help="writer counts (default: 1,8)")
     parser.add_argument(
