@@ -4,6 +4,8 @@
 // once. Protocol: docs/websocket-protocol.md (`regenerate`, `edit`, `accepted.revision`).
 // Model output is inserted as text, or as the server-sanitised `html` of finished replies.
 
+import { copyText } from "./code-blocks.js";
+
 const raw = new Map(); // message id -> its stored text (Markdown for replies), for copying
 let deps = null; // { state, el, resubscribe, showError, clearError }
 
@@ -146,31 +148,6 @@ export function remember(article, message) {
 function textOf(id, fallbackNode) {
   if (raw.has(id)) return raw.get(id);
   return fallbackNode ? fallbackNode.innerText : "";
-}
-
-async function copyText(text) {
-  if (navigator.clipboard && window.isSecureContext) {
-    try {
-      await navigator.clipboard.writeText(text);
-      return true;
-    } catch {
-      // permission refused: try the old way below
-    }
-  }
-  const area = document.createElement("textarea");
-  area.value = text;
-  area.setAttribute("readonly", "");
-  area.className = "copy-buffer";
-  document.body.append(area);
-  area.select();
-  let copied = false;
-  try {
-    copied = document.execCommand("copy");
-  } catch {
-    copied = false;
-  }
-  area.remove();
-  return copied;
 }
 
 async function onCopy(target) {
