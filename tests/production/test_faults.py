@@ -848,7 +848,7 @@ async def test_channel_layer_over_capacity_drops_are_counted_and_the_client_repa
     # Two fast replies flood the web process's channel; a third, paced one streams through
     # the flood (and loses deltas in it) and goes on after it, so its end and its `done`
     # arrive: the client must rebuild it whole from a snapshot and the deltas after it.
-    pace(site.upstream, first_token=0.3, rate=250, words=600)  # a flood for 2.5 s or more
+    pace(site.upstream, first_token=0.3, rate=250, words=1500)  # a flood for 6 s or more
     pace(paced_upstream, first_token=0.3, rate=20, words=120)  # 20 a second for 6 s
     sends = [
         ("Fault five: flood number 1", MODEL, site.upstream),
@@ -859,7 +859,11 @@ async def test_channel_layer_over_capacity_drops_are_counted_and_the_client_repa
     async with await ChatSocket.connect(
         web.base_url, sign_in(web.base_url, person, PASSWORD)
     ) as chat:
-        client = RepairingClient(chat, slow_read=0.002)
+        # At most ~250 frames a second read while the floods send 500 and more: the web
+        # process's channel stays full for as long as they last, so deltas of the paced reply,
+        # which streams meanwhile, are dropped too (at 2 ms a frame a quick machine sometimes
+        # kept up and lost only the floods' deltas).
+        client = RepairingClient(chat, slow_read=0.004)
         for text, model, _ in sends:  # three: the per-person limit of replies in flight
             await client.send(text, model)
         await client.until(lambda: len(client.views) == 3, timeout=20)
