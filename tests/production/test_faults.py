@@ -848,8 +848,8 @@ async def test_channel_layer_over_capacity_drops_are_counted_and_the_client_repa
     # Two fast replies flood the web process's channel; a third, paced one streams through
     # the flood (and loses deltas in it) and goes on after it, so its end and its `done`
     # arrive: the client must rebuild it whole from a snapshot and the deltas after it.
-    pace(site.upstream, first_token=0.3, rate=250, words=1500)  # a flood for 6 s or more
-    pace(paced_upstream, first_token=0.3, rate=20, words=120)  # 20 a second for 6 s
+    pace(site.upstream, first_token=0.3, rate=250, words=900)  # a flood for 3.6 s or more
+    pace(paced_upstream, first_token=0.3, rate=20, words=240)  # 20 a second for 12 s
     sends = [
         ("Fault five: flood number 1", MODEL, site.upstream),
         ("Fault five: flood number 2", MODEL, site.upstream),
