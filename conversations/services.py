@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID
 
 from django.conf import settings
@@ -834,6 +834,51 @@ def conversation_create(
     return conversation
 
 
+def _owned_locked(*, actor: User, public_id: UUID) -> Conversation | None:
+    """The actor's live conversation, locked for the change about to be made; None when it
+    is not theirs or was deleted."""
+    return (
+        Conversation.objects.select_for_update()
+        .select_related("owner")
+        .filter(public_id=public_id, owner=actor, deleted_at__isnull=True)
+        .first()
+    )
+
+
+def _held(conversation: Conversation) -> bool:
+    """Under legal hold, itself or through its owner: it must be kept as it is."""
+    return conversation.legal_hold or conversation.owner.legal_hold
+
+
+def _refuse_unowned_or_held(
+    *,
+    actor: User,
+    public_id: UUID,
+    conversation: Conversation | None,
+    action: AuditAction,
+    details: dict[str, Any],
+    done: str,
+) -> NoReturn:
+    """Refuse a change to a conversation: not_found when it is not the actor's (audited as
+    an access denial), else legal_hold (audited as `action`, denied). Call it outside the
+    transaction that looked, so the refusal's audit record is kept."""
+    if conversation is None:
+        conversation_access_denied(actor=actor, conversation_id=public_id)
+        raise not_found()
+    audit_record(
+        action=action,
+        actor=actor,
+        target=conversation,
+        outcome=AuditOutcome.DENIED,
+        details=details,
+    )
+    raise ChatError(
+        "legal_hold",
+        f"This conversation is under legal hold, so it cannot be {done} now. Your compliance "
+        "team can tell you more.",
+    )
+
+
 @governed_writes(reason="conversation.deleted")  # audited with the count
 def conversation_delete(*, actor: User, public_id: UUID) -> Conversation:
     """Delete one of the actor's conversations: its title and every message's text, tool
@@ -847,16 +892,8 @@ def conversation_delete(*, actor: User, public_id: UUID) -> Conversation:
     first).
     """
     with transaction.atomic():
-        conversation = (
-            Conversation.objects.select_for_update()
-            .select_related("owner")
-            .filter(public_id=public_id, owner=actor, deleted_at__isnull=True)
-            .first()
-        )
-        held = conversation is not None and (
-            conversation.legal_hold or conversation.owner.legal_hold
-        )
-        if conversation is not None and not held:
+        conversation = _owned_locked(actor=actor, public_id=public_id)
+        if conversation is not None and not _held(conversation):
             _expire_stale_reply(conversation)
             if Message.objects.filter(
                 conversation=conversation,
@@ -881,20 +918,13 @@ def conversation_delete(*, actor: User, public_id: UUID) -> Conversation:
                 details={"messages": erased, "source": conversation.source},
             )
             return conversation
-    if conversation is None:
-        conversation_access_denied(actor=actor, conversation_id=public_id)
-        raise not_found()
-    audit_record(
-        action=AuditAction.CONVERSATION_DELETE_REFUSED,
+    _refuse_unowned_or_held(
         actor=actor,
-        target=conversation,
-        outcome=AuditOutcome.DENIED,
+        public_id=public_id,
+        conversation=conversation,
+        action=AuditAction.CONVERSATION_DELETE_REFUSED,
         details={"reason": "legal_hold"},
-    )
-    raise ChatError(
-        "legal_hold",
-        "This conversation is under legal hold, so it cannot be deleted now. Your compliance "
-        "team can tell you more.",
+        done="deleted",
     )
 
 
@@ -1177,15 +1207,8 @@ def conversation_rename(*, actor: User, public_id: UUID, title: object) -> Conve
     if len(title) > TITLE_MAX:
         raise ChatError("too_large", f"A title has at most {TITLE_MAX} characters.")
     with transaction.atomic():
-        conversation = (
-            Conversation.objects.select_for_update()
-            .select_related("owner")
-            .filter(public_id=public_id, owner=actor, deleted_at__isnull=True)
-            .first()
-        )
-        if conversation is not None and not (
-            conversation.legal_hold or conversation.owner.legal_hold
-        ):
+        conversation = _owned_locked(actor=actor, public_id=public_id)
+        if conversation is not None and not _held(conversation):
             conversation.title = title
             conversation.save(update_fields=["title", "updated_at"])
             search.index_title(conversation)
@@ -1196,18 +1219,11 @@ def conversation_rename(*, actor: User, public_id: UUID, title: object) -> Conve
                 details={"characters": len(title), "source": conversation.source},
             )
             return conversation
-    if conversation is None:
-        conversation_access_denied(actor=actor, conversation_id=public_id)
-        raise not_found()
-    audit_record(
-        action=AuditAction.CONVERSATION_RENAMED,
+    _refuse_unowned_or_held(
         actor=actor,
-        target=conversation,
-        outcome=AuditOutcome.DENIED,
-        details={"reason": "legal_hold", "source": conversation.source},
-    )
-    raise ChatError(
-        "legal_hold",
-        "This conversation is under legal hold, so it cannot be renamed now. Your compliance "
-        "team can tell you more.",
+        public_id=public_id,
+        conversation=conversation,
+        action=AuditAction.CONVERSATION_RENAMED,
+        details={"reason": "legal_hold", "source": conversation.source if conversation else ""},
+        done="renamed",
     )
